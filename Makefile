@@ -1,0 +1,45 @@
+# unlearn: `make run` and `make test` work on a fresh machine (they create .venv first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+# Offline, telemetry-free runs (see docs/architecture.md).
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test lint benchmark clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[ops,dev]' -c constraints.txt
+	@touch $@
+
+install: $(INSTALLED) ## create .venv and install the project with its pinned dependencies
+
+run: $(INSTALLED) ## train the original model on the embedded default (digits) and print its test accuracy
+	$(BIN)/unlearn train --preset digits
+
+test: $(INSTALLED) ## run the whole test suite (slow end-to-end tests included)
+	$(BIN)/python -m pytest
+
+lint: $(INSTALLED) ## ruff check and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+benchmark: $(INSTALLED) ## trainer throughput against a plain DataLoader loop
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean: ## remove generated outputs (keeps .venv)
+	rm -rf data models .pytest_cache
