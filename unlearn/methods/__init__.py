@@ -1,0 +1,59 @@
+"""Unlearning methods: one module each, one common call.
+
+    result = run_method(name, model, retain_set, forget_set, device, masks=masks, config=config)
+
+Every method takes the model (with its masks), the retain set Dr, the forget set Df, its
+own typed config and the device, and returns `Unlearned(model, seconds)`: a new model and
+the wall time of the unlearning itself. Masked weights stay exactly zero throughout.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import fields, replace
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from unlearn.data import TensorSet
+from unlearn.errors import ConfigError
+from unlearn.masks import Masks
+from unlearn.methods.base import Unlearned
+
+METHOD_NAMES = ("retrain", "ft", "ga", "rl", "iu", "ff", "l1_sparse", "salun")
+
+
+def method_module(name: str) -> ModuleType:
+    """The module implementing method `name` (it defines `Config`, `PRESET_DEFAULTS` and `run`)."""
+    if name not in METHOD_NAMES:
+        raise ConfigError(f"unknown unlearning method {name!r}; known: {', '.join(METHOD_NAMES)}")
+    return importlib.import_module(f"unlearn.methods.{name}")
+
+
+def default_config(name: str, preset: str = "cifar10", **overrides):
+    """The method's config with the preset's documented defaults, then `overrides`."""
+    module = method_module(name)
+    known = {f.name for f in fields(module.Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"method {name!r} has no setting(s) {unknown}; it has {sorted(known)}")
+    return replace(module.Config(), **{**module.PRESET_DEFAULTS.get(preset, {}), **overrides})
+
+
+def run_method(
+    name: str,
+    model: nn.Module,
+    retain_set: TensorSet,
+    forget_set: TensorSet,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+    config=None,
+) -> Unlearned:
+    """Unlearn `forget_set` from `model` with method `name`."""
+    module = method_module(name)
+    config = module.Config() if config is None else config
+    if not isinstance(config, module.Config):
+        raise ConfigError(f"method {name!r} takes a {module.Config.__name__}, got {type(config).__name__}")
+    return module.run(model, retain_set, forget_set, config, device, masks=masks)

@@ -1,0 +1,34 @@
+"""FT: fine-tune the original model on the retain set Dr (constant LR)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unlearn.data import TensorSet
+from unlearn.masks import Masks
+from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.train import fit
+
+
+@dataclass(frozen=True)
+class Config(IterativeConfig):
+    """Paper defaults (CIFAR-10): 10 epochs, lr 0.01, batch 256."""
+
+
+# digits: batch 128 for 1,437 samples (see PAPER.md section 0; tuned by `unlearn tune`).
+PRESET_DEFAULTS: dict[str, dict] = {"cifar10": {"augment": True}, "digits": {"batch_size": 128}}
+
+
+def run(model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, config: Config,
+        device: torch.device, *, masks: Masks | None = None) -> Unlearned:
+    """Fine-tune a copy of `model` on `retain_set`; `forget_set` is not read."""
+    model = working_copy(model)
+    sync(device)
+    started = time.perf_counter()
+    history = fit(model, retain_set, config.train_config(), device, masks=masks)
+    sync(device)
+    return Unlearned(model, time.perf_counter() - started, history)
