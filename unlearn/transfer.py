@@ -1,0 +1,281 @@
+"""Transfer after unlearning (PAPER.md section 7.2): does removing source classes change transfer?
+
+A source model is trained on some classes; a subset of them is unlearned (l1-sparse MU by
+default) or retrained without (the reference). Each source is then transferred to a target
+task of other classes, by a linear probe (frozen backbone, new head) and by full fine-tuning,
+and the target accuracy and wall time are reported.
+
+Linear probing extracts the penultimate features once, with the backbone in eval mode (its
+BatchNorm statistics stay frozen), and trains only a new linear head on them: no backbone
+forward pass per epoch. Features are stored as (N, D, 1, 1), so `fit` and `predict` treat
+them like images (channels_last on CUDA needs 4-d inputs) and the head flattens them first.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from unlearn.data import DataBundle, TensorSet
+from unlearn.errors import ConfigError
+from unlearn.masks import Masks
+from unlearn.methods import default_config, run_method
+from unlearn.splits import class_wise
+from unlearn.train import TrainConfig, accuracy, fit, predict
+
+SOURCES = ("original", "unlearned", "retrained")
+MODES = ("linear_probe", "fine_tune")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Which classes form the source and target tasks, what is unlearned, and the transfer recipes.
+
+    Defaults are for digits and take seconds on two CPU cores: the source task is digits 0-4,
+    of which 0 and 1 are unlearned; the target task is digits 5-9 (relabelled 0-4).
+
+    Args:
+        forget_classes: source classes to unlearn, as original labels (a subset of source_classes).
+        method: the approximate unlearning method; "retrain" is always run as the reference.
+        preset: names the methods' preset defaults (`unlearn.methods.default_config`).
+        method_config / retrain_config: the methods' configs; their preset defaults when None.
+        linear_probe: SGD on the new head over frozen features (no augmentation: features).
+        fine_tune: SGD on the whole model, new head included (constant LR, a tenth of the probe's).
+    """
+
+    source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
+    forget_classes: tuple[int, ...] = (0, 1)
+    method: str = "l1_sparse"
+    preset: str = "digits"
+    method_config: object | None = None
+    retrain_config: object | None = None
+    linear_probe: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=30, lr=0.1, batch_size=128, schedule="cosine", augment=False
+        )
+    )
+    fine_tune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=10, lr=0.01, batch_size=128, schedule="constant", augment=False
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if set(self.source_classes) & set(self.target_classes):
+            raise ConfigError(
+                f"source {self.source_classes} and target {self.target_classes} classes must not overlap"
+            )
+        if not self.forget_classes or not set(self.forget_classes) < set(self.source_classes):
+            raise ConfigError(
+                f"forget_classes {self.forget_classes} must be a non-empty proper "
+                f"subset of source_classes {self.source_classes}"
+            )
+
+
+@dataclass
+class Transferred:
+    """A transferred model, its target test accuracy (percent) and the transfer's wall time."""
+
+    model: nn.Module
+    accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TransferRow:
+    """One source model transferred one way.
+
+    Args:
+        source: "original", "unlearned" or "retrained".
+        mode: "linear_probe" or "fine_tune".
+        unlearn_seconds: wall time that made the source (0 for the original).
+    """
+
+    source: str
+    mode: str
+    target_accuracy: float
+    seconds: float
+    unlearn_seconds: float
+
+
+def class_subset(bundle: DataBundle, classes: Sequence[int], relabel: bool = True) -> DataBundle:
+    """The bundle restricted to `classes`; with `relabel`, class classes[i] becomes label i.
+
+    Normalisation statistics stay the parent's, so the models' inputs are scaled alike.
+    """
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes) or any(not 0 <= c < bundle.num_classes for c in classes):
+        raise ConfigError(f"classes {classes} must be distinct and in 0..{bundle.num_classes - 1}")
+    lookup = torch.full((bundle.num_classes,), -1, dtype=torch.long)
+    lookup[classes] = torch.arange(len(classes)) if relabel else torch.tensor(classes)
+
+    def part(data: TensorSet | None) -> TensorSet | None:
+        if data is None:
+            return None
+        rows = torch.isin(data.labels.cpu(), torch.tensor(classes)).nonzero().flatten()
+        subset = data.subset(rows)
+        return subset.with_labels(lookup[subset.labels.cpu()])
+
+    return replace(
+        bundle,
+        train=part(bundle.train),
+        test=part(bundle.test),
+        val=part(bundle.val),
+        num_classes=len(classes) if relabel else bundle.num_classes,
+        extra={**bundle.extra, "classes": classes, "relabelled": relabel},
+    )
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """(qualified name, layer) of the last nn.Linear in `model`: the classification head."""
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not found:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head to replace")
+    return found[-1]
+
+
+def _with_head(model: nn.Module, head: nn.Module) -> nn.Module:
+    """A copy of `model` with its last nn.Linear swapped for `head`."""
+    model = copy.deepcopy(model)
+    name, _ = _last_linear(model)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attribute, head)
+    return model
+
+
+def replace_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
+    """A copy of `model` whose last nn.Linear is a fresh (seeded) one with `num_classes` outputs."""
+    _, layer = _last_linear(model)
+    torch.manual_seed(seed)
+    head = nn.Linear(layer.in_features, num_classes).to(layer.weight.device)
+    return _with_head(model, head)
+
+
+def features(model: nn.Module, data: TensorSet, device: torch.device) -> TensorSet:
+    """`data` as the eval-mode penultimate features of `model`, shaped (N, D, 1, 1); same labels, ids."""
+    outputs = predict(_with_head(model, nn.Identity()), data, device)
+    return TensorSet(outputs.flatten(1)[:, :, None, None], data.labels.cpu(), data.ids)
+
+
+def linear_probe(
+    model: nn.Module,
+    target_train: TensorSet,
+    target_test: TensorSet,
+    num_classes: int,
+    config: TrainConfig,
+    device: torch.device,
+) -> Transferred:
+    """Train a new linear head on `model`'s frozen features; the returned model is backbone + head."""
+    if config.augment:
+        raise ConfigError("a linear probe trains on precomputed features: set augment=False")
+    _, layer = _last_linear(model)
+    started = time.perf_counter()
+    train_features = features(model, target_train, device)
+    torch.manual_seed(config.seed)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(layer.in_features, num_classes))
+    fit(head, train_features, config, device)
+    seconds = time.perf_counter() - started
+    target_accuracy = accuracy(head, features(model, target_test, device), device)
+    return Transferred(_with_head(model, head[1].to(layer.weight.device)), target_accuracy, seconds)
+
+
+def fine_tune(
+    model: nn.Module,
+    target_train: TensorSet,
+    target_test: TensorSet,
+    num_classes: int,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+) -> Transferred:
+    """Train a copy of `model` with a new head, every layer included, on the target task.
+
+    Args:
+        masks: the source's pruning masks, kept so a sparse source stays sparse.
+    """
+    transferred = replace_head(model, num_classes, seed=config.seed)
+    started = time.perf_counter()
+    fit(transferred, target_train, config, device, masks=masks)
+    seconds = time.perf_counter() - started
+    return Transferred(transferred, accuracy(transferred, target_test, device), seconds)
+
+
+def transfer(
+    model: nn.Module,
+    target: DataBundle,
+    mode: str,
+    config: TransferConfig,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+) -> Transferred:
+    """Transfer `model` to the `target` task by `mode` ("linear_probe" or "fine_tune")."""
+    if mode == "linear_probe":
+        return linear_probe(model, target.train, target.test, target.num_classes, config.linear_probe, device)
+    if mode == "fine_tune":
+        return fine_tune(
+            model, target.train, target.test, target.num_classes, config.fine_tune, device, masks=masks
+        )
+    raise ConfigError(f"unknown transfer mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def source_and_target(bundle: DataBundle, config: TransferConfig) -> tuple[DataBundle, DataBundle]:
+    """The source task (source classes, relabelled 0..k-1) and the target task (likewise)."""
+    return class_subset(bundle, config.source_classes), class_subset(bundle, config.target_classes)
+
+
+def unlearn_sources(
+    original: nn.Module,
+    source: DataBundle,
+    config: TransferConfig,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+) -> dict:
+    """{"unlearned": ..., "retrained": ...} `Unlearned` results for forgetting `forget_classes`."""
+    position = {c: i for i, c in enumerate(config.source_classes)}
+    split = class_wise(source, [position[c] for c in config.forget_classes])
+    retain, forget = split.retain_set(source), split.forget_set(source)
+    method_config = config.method_config or default_config(config.method, config.preset)
+    retrain_config = config.retrain_config or default_config("retrain", config.preset)
+    return {
+        "unlearned": run_method(
+            config.method, original, retain, forget, device, masks=masks, config=method_config
+        ),
+        "retrained": run_method(
+            "retrain", original, retain, forget, device, masks=masks, config=retrain_config
+        ),
+    }
+
+
+def transfer_study(
+    original: nn.Module,
+    source: DataBundle,
+    target: DataBundle,
+    config: TransferConfig,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+) -> list[TransferRow]:
+    """Transfer the original, unlearned and retrained sources to `target` both ways; one row each.
+
+    Args:
+        original: a model trained on `source` (the source task from `source_and_target`).
+        masks: the original's pruning masks, kept through unlearning and fine-tuning.
+    """
+    made = unlearn_sources(original, source, config, device, masks=masks)
+    models = {"original": (original, 0.0), **{k: (v.model, v.seconds) for k, v in made.items()}}
+    rows = []
+    for name in SOURCES:
+        model, unlearn_seconds = models[name]
+        for mode in MODES:
+            result = transfer(model, target, mode, config, device, masks=masks)
+            rows.append(TransferRow(name, mode, result.accuracy, result.seconds, unlearn_seconds))
+    return rows
