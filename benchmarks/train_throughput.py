@@ -43,8 +43,9 @@ def reference_loop(model, data: TensorSet, case: Case, device: torch.device) -> 
     model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     inputs = data.inputs.float() / (255.0 if data.inputs.dtype == torch.uint8 else 1.0)
-    loader = DataLoader(TensorDataset(inputs, data.labels), batch_size=case.batch_size, shuffle=True,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        TensorDataset(inputs, data.labels), batch_size=case.batch_size, shuffle=True, pin_memory=device.type == "cuda"
+    )
     _sync(device)
     started = time.perf_counter()
     for _ in range(case.epochs):
@@ -60,8 +61,7 @@ def reference_loop(model, data: TensorSet, case: Case, device: torch.device) -> 
 
 def unlearn_trainer(model, data: TensorSet, case: Case, device: torch.device) -> float:
     """`unlearn.train.fit` (device-resident data, bf16 autocast and channels_last on CUDA)."""
-    config = TrainConfig(epochs=case.epochs, lr=0.01, batch_size=case.batch_size, schedule="constant",
-                         augment=False)
+    config = TrainConfig(epochs=case.epochs, lr=0.01, batch_size=case.batch_size, schedule="constant", augment=False)
     data = data.to(device)  # data lives on the device for the whole job: not part of the step cost
     _sync(device)
     started = time.perf_counter()
@@ -75,11 +75,15 @@ def cases(device: torch.device) -> list[Case]:
     gpu = device.type == "cuda"
     count = 8192 if gpu else 256
     generator = torch.Generator().manual_seed(0)
-    cifar_like = TensorSet(torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator),
-                           torch.randint(0, 10, (count,), generator=generator),
-                           tuple(f"random/{i}" for i in range(count)))
-    return [Case("digits_resnet on digits (8x8)", "digits_resnet", digits, 128, 5 if gpu else 3),
-            Case("resnet18 on random 32x32", "resnet18", cifar_like, 256 if gpu else 64, 2 if gpu else 1)]
+    cifar_like = TensorSet(
+        torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 10, (count,), generator=generator),
+        tuple(f"random/{i}" for i in range(count)),
+    )
+    return [
+        Case("digits_resnet on digits (8x8)", "digits_resnet", digits, 128, 5 if gpu else 3),
+        Case("resnet18 on random 32x32", "resnet18", cifar_like, 256 if gpu else 64, 2 if gpu else 1),
+    ]
 
 
 def measure(case: Case, device: torch.device, repeats: int) -> dict[str, float]:

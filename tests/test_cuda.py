@@ -9,8 +9,7 @@ from unlearn.original import new_model
 from unlearn.presets import get_preset
 from unlearn.train import accuracy, fit, predict
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]
 
 
 def test_training_on_cuda_learns_and_keeps_masks(digits):

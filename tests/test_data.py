@@ -83,5 +83,5 @@ def test_random_crop_flip_keeps_shape_and_moves_pixels():
     changed = (out != images).flatten(1).any(1)
     assert changed.float().mean() > 0.5  # most images shifted or flipped
     flipped_only = random_crop_flip(images, 0, torch.Generator().manual_seed(1))
-    for original, result in zip(images, flipped_only):
+    for original, result in zip(images, flipped_only, strict=True):
         assert torch.equal(result, original) or torch.equal(result, original.flip(2))

@@ -55,9 +55,7 @@ def _loop_gradients(model: nn.Module, data: TensorSet) -> torch.Tensor:
 
 def test_per_sample_gradients_match_a_loop():
     model, data = _tiny_model(), _tiny_set(6, seed=1)
-    rows = flatten_rows(
-        per_sample_loss_gradients(model, data.inputs, data.labels), list(trainable_parameters(model))
-    )
+    rows = flatten_rows(per_sample_loss_gradients(model, data.inputs, data.labels), list(trainable_parameters(model)))
     torch.testing.assert_close(rows, _loop_gradients(model, data))
 
 
@@ -85,9 +83,7 @@ def test_iu_step_equals_the_dense_influence_formula(cpu):
     retain_grads, direction = retain_grads.double(), direction.double()
     fisher = 0.1 * torch.eye(direction.numel(), dtype=torch.float64) + retain_grads.T @ retain_grads / 12
     step = 2.0 * torch.linalg.solve(fisher, direction)
-    moved = torch.cat(
-        [(a - b).flatten() for a, b in zip(result.model.parameters(), model.parameters(), strict=True)]
-    )
+    moved = torch.cat([(a - b).flatten() for a, b in zip(result.model.parameters(), model.parameters(), strict=True)])
     torch.testing.assert_close(moved.double(), step, rtol=1e-4, atol=1e-6)
 
 
@@ -115,9 +111,7 @@ def _per_sample_fisher(model: nn.Module, data: TensorSet) -> list[torch.Tensor]:
     for x in data.inputs:
         log_probs = torch.log_softmax(model(x[None]), dim=-1)[0]
         for y in range(len(log_probs)):
-            for acc, g in zip(
-                total, torch.autograd.grad(log_probs[y], params, retain_graph=True), strict=True
-            ):
+            for acc, g in zip(total, torch.autograd.grad(log_probs[y], params, retain_graph=True), strict=True):
                 acc += log_probs[y].exp().detach() * g.square()
     return [t / len(data) for t in total]
 
@@ -127,11 +121,7 @@ def test_ff_fisher_diagonal_matches_the_loop_formula(estimator):
     model, data = _tiny_model(), _tiny_set(10, seed=6)
     # batches of 4, 4 and 2 samples; Jacobians 3 samples at a time, so a batch takes two passes
     fast = list(fisher_diagonal(model, data, 4, estimator, per_sample_batch_size=3).values())
-    slow = (
-        _per_sample_fisher(model, data)
-        if estimator == "per_sample"
-        else _official_batch_mean_fisher(model, data, 4)
-    )
+    slow = _per_sample_fisher(model, data) if estimator == "per_sample" else _official_batch_mean_fisher(model, data, 4)
     for got, want in zip(fast, slow, strict=True):
         torch.testing.assert_close(got, want)
 
@@ -147,8 +137,7 @@ def small_case(digits, cpu):
     model = new_model(preset, digits, seed=0)
     generator = torch.Generator().manual_seed(0)
     masks = {
-        name: (torch.rand(w.shape, generator=generator) < 0.5).float()
-        for name, w in prunable_parameters(model).items()
+        name: (torch.rand(w.shape, generator=generator) < 0.5).float() for name, w in prunable_parameters(model).items()
     }
     fit(
         model,
@@ -219,8 +208,6 @@ def test_digits_defaults_forget_class_zero(digits, digits_original, cpu, method,
     split = class_wise(digits, [0])
     retain_set, forget_set = split.retain_set(digits), split.forget_set(digits)
     assert 100 - accuracy(digits_original, forget_set, cpu) < 5  # the original remembers class 0
-    result = run_method(
-        method, digits_original, retain_set, forget_set, cpu, config=default_config(method, "digits")
-    )
+    result = run_method(method, digits_original, retain_set, forget_set, cpu, config=default_config(method, "digits"))
     assert 100 - accuracy(result.model, forget_set, cpu) >= min_ua
     assert accuracy(result.model, retain_set, cpu) >= min_ra

@@ -161,16 +161,12 @@ def test_diverged_model_and_empty_forget_set(cpu):
         evaluate(_echo_model(), retain, retain, test, cpu, features=("loss",))
 
 
-RETRAIN = Evaluation(
-    ua=100.0, ra=100.0, ta=94.83, mia_efficacy=100.0, rte_seconds=120.0, sparsity_percent=95.0
-)
+RETRAIN = Evaluation(ua=100.0, ra=100.0, ta=94.83, mia_efficacy=100.0, rte_seconds=120.0, sparsity_percent=95.0)
 
 
 def test_average_gap_reproduces_the_papers_check():
     # PAPER.md section 5: FT class-wise dense = (77.47 + 25.00 + 0.13 + 0.52) / 4 = 25.78.
-    finetuned = Evaluation(
-        ua=22.53, ra=99.87, ta=94.31, mia_efficacy=75.0, rte_seconds=30.0, sparsity_percent=95.0
-    )
+    finetuned = Evaluation(ua=22.53, ra=99.87, ta=94.31, mia_efficacy=75.0, rte_seconds=30.0, sparsity_percent=95.0)
     gaps = metric_gaps(finetuned, RETRAIN)
     assert gaps == pytest.approx({"UA": 77.47, "MIA_efficacy": 25.0, "RA": 0.13, "TA": 0.52})
     assert gap_to_retrain(finetuned, RETRAIN) == pytest.approx(25.78)
@@ -195,9 +191,7 @@ def test_rte_ratio():
 
 
 def test_as_dict_names_and_round_trip():
-    evaluation = replace(
-        RETRAIN, mia_features={"confidence": 100.0, "entropy": 97.5}, mia_privacy={"confidence": 51.0}
-    )
+    evaluation = replace(RETRAIN, mia_features={"confidence": 100.0, "entropy": 97.5}, mia_privacy={"confidence": 51.0})
     values = evaluation.as_dict()
     assert values == {
         "UA": 100.0,
@@ -222,9 +216,7 @@ def test_overfit_model_leaks_membership_of_its_training_samples(digits, cpu):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     members, unseen = digits.train.subset(range(100)), digits.train.subset(range(100, 200))
-    config = TrainConfig(
-        epochs=150, lr=0.1, batch_size=50, weight_decay=0.0, schedule="constant", augment=False
-    )
+    config = TrainConfig(epochs=150, lr=0.1, batch_size=50, weight_decay=0.0, schedule="constant", augment=False)
     fit(model, members, config, cpu)
     assert accuracy(model, members, cpu) == 100.0
     trained, fresh, test = (posteriors(model, data, cpu) for data in (members, unseen, digits.test))

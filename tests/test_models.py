@@ -9,8 +9,14 @@ from unlearn.models import build_model
 
 
 @pytest.mark.parametrize(
-    ("arch", "shape"), [("digits_resnet", (1, 8, 8)), ("resnet18", (3, 32, 32)), ("vgg16_bn", (3, 32, 32)),
-                        ("vgg16_bn", (1, 8, 8)), ("resnet18", (1, 8, 8))]
+    ("arch", "shape"),
+    [
+        ("digits_resnet", (1, 8, 8)),
+        ("resnet18", (3, 32, 32)),
+        ("vgg16_bn", (3, 32, 32)),
+        ("vgg16_bn", (1, 8, 8)),
+        ("resnet18", (1, 8, 8)),
+    ],
 )
 def test_models_map_inputs_to_class_logits(arch, shape):
     model = build_model(arch, shape, 7, [0.5] * shape[0], [0.25] * shape[0]).eval()

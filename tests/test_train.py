@@ -43,8 +43,14 @@ def test_masked_weights_stay_exactly_zero(digits, preset, cpu):
     name = "net.0.weight"
     mask = (torch.rand_like(dict(model.named_parameters())[name]) > 0.5).float()
     seen = []
-    fit(model, digits.train, _short(preset), cpu, masks={name: mask},
-        after_step=lambda m: seen.append(dict(m.named_parameters())[name][mask == 0].abs().max().item()))
+    fit(
+        model,
+        digits.train,
+        _short(preset),
+        cpu,
+        masks={name: mask},
+        after_step=lambda m: seen.append(dict(m.named_parameters())[name][mask == 0].abs().max().item()),
+    )
     assert seen and max(seen) == 0.0
     assert dict(model.named_parameters())[name][mask == 1].abs().sum() > 0
 

@@ -46,9 +46,7 @@ class BackdoorConfig:
 
     def __post_init__(self) -> None:
         if self.trigger_size < 1 or self.border < 0:
-            raise ConfigError(
-                f"trigger_size must be >= 1 and border >= 0, got {self.trigger_size} and {self.border}"
-            )
+            raise ConfigError(f"trigger_size must be >= 1 and border >= 0, got {self.trigger_size} and {self.border}")
         if not 0 <= self.patch_value <= 1:
             raise ConfigError(f"patch_value is on the [0, 1] scale, got {self.patch_value}")
         if not 0 < self.poison_ratio < 1:
@@ -124,9 +122,7 @@ def trigger_region(height: int, width: int, config: BackdoorConfig) -> tuple[sli
     """(rows, cols) the trigger patch covers in an image of `height` x `width`."""
     size, border = config.trigger_size, config.border
     if size + border > min(height, width):
-        raise ConfigError(
-            f"a {size} px trigger {border} px from the border does not fit in {height}x{width} images"
-        )
+        raise ConfigError(f"a {size} px trigger {border} px from the border does not fit in {height}x{width} images")
     return slice(height - border - size, height - border), slice(width - border - size, width - border)
 
 
@@ -166,9 +162,7 @@ def triggered_test_set(test_set: TensorSet, config: BackdoorConfig) -> TensorSet
     return TensorSet(apply_trigger(test_set.inputs, config), labels, test_set.ids)
 
 
-def attack_success_rate(
-    model: nn.Module, test_set: TensorSet, config: BackdoorConfig, device: torch.device
-) -> float:
+def attack_success_rate(model: nn.Module, test_set: TensorSet, config: BackdoorConfig, device: torch.device) -> float:
     """ASR: share of triggered test images classified as the target class (percent), as the paper."""
     return accuracy(model, triggered_test_set(test_set, config), device)
 
@@ -204,8 +198,6 @@ def cleanse(
         config: the method's config (see `cleanse_config`); the method's own defaults when None.
     """
     before = backdoor_metrics(model, test_set, poisoned.config, device)
-    unlearned = run_method(
-        method, model, poisoned.retain, poisoned.forget, device, masks=masks, config=config
-    )
+    unlearned = run_method(method, model, poisoned.retain, poisoned.forget, device, masks=masks, config=config)
     after = backdoor_metrics(unlearned.model, test_set, poisoned.config, device)
     return Cleansed(unlearned, before, after)

@@ -31,9 +31,15 @@ class Checkpoint:
 
 def model_metadata(arch: str, bundle, **extra) -> dict:
     """Metadata naming the architecture and the data set shape a model was built for."""
-    return {"arch": arch, "dataset": bundle.name, "input_shape": list(bundle.input_shape),
-            "num_classes": bundle.num_classes, "mean": list(bundle.mean), "std": list(bundle.std),
-            **extra}
+    return {
+        "arch": arch,
+        "dataset": bundle.name,
+        "input_shape": list(bundle.input_shape),
+        "num_classes": bundle.num_classes,
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        **extra,
+    }
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict, masks: Masks | None = None) -> Path:
@@ -71,11 +77,13 @@ def load_checkpoint(path: str | Path, expect: dict | None = None) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in format {FORMAT}")
     metadata = payload["metadata"]
-    mismatched = {key: (metadata.get(key), value) for key, value in (expect or {}).items()
-                  if metadata.get(key) != value}
+    mismatched = {
+        key: (metadata.get(key), value) for key, value in (expect or {}).items() if metadata.get(key) != value
+    }
     if mismatched:
-        details = "; ".join(f"{k}: checkpoint has {have!r}, expected {want!r}"
-                            for k, (have, want) in mismatched.items())
+        details = "; ".join(
+            f"{k}: checkpoint has {have!r}, expected {want!r}" for k, (have, want) in mismatched.items()
+        )
         raise CheckpointError(f"checkpoint {path} does not match: {details}")
     return Checkpoint(payload["state_dict"], payload["masks"], metadata)
 
@@ -83,8 +91,14 @@ def load_checkpoint(path: str | Path, expect: dict | None = None) -> Checkpoint:
 def restore_model(checkpoint: Checkpoint, **options) -> Classifier:
     """Rebuild the network a checkpoint describes and load its weights (on the CPU)."""
     meta = checkpoint.metadata
-    model = build_model(meta["arch"], meta["input_shape"], meta["num_classes"], meta["mean"],
-                        meta["std"], **{**meta.get("model_options", {}), **options})
+    model = build_model(
+        meta["arch"],
+        meta["input_shape"],
+        meta["num_classes"],
+        meta["mean"],
+        meta["std"],
+        **{**meta.get("model_options", {}), **options},
+    )
     try:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as error:

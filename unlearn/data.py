@@ -117,11 +117,7 @@ class DataBundle:
             raise DatasetNotFoundError(f"no prepared data set at {path}: run the prepare stage")
         with np.load(path, allow_pickle=False) as arrays:
             meta = json.loads(str(arrays["meta"]))
-            parts = {
-                part: _tensor_set(arrays, part)
-                for part in ("train", "test", "val")
-                if f"{part}_labels" in arrays
-            }
+            parts = {part: _tensor_set(arrays, part) for part in ("train", "test", "val") if f"{part}_labels" in arrays}
         return cls(
             name=meta["name"],
             num_classes=int(meta["num_classes"]),
@@ -182,8 +178,7 @@ def _holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     """Indices (train, test) of scikit-learn's stratified, seeded split, each sorted."""
     from sklearn.model_selection import train_test_split
 
-    train, test = train_test_split(np.arange(len(labels)), test_size=fraction,
-                                   stratify=labels, random_state=seed)
+    train, test = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(test)
 
 
@@ -198,14 +193,24 @@ def _digits(seed: int) -> DataBundle:
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
     labels = digits.target.astype(np.int64)
     train_index, test_index = _holdout(labels, 0.2, seed)
-    train = TensorSet(images[train_index], torch.from_numpy(labels[train_index]),
-                      _ids("digits/train", np.arange(len(train_index))))
-    test = TensorSet(images[test_index], torch.from_numpy(labels[test_index]),
-                     _ids("digits/test", np.arange(len(test_index))))
+    train = TensorSet(
+        images[train_index], torch.from_numpy(labels[train_index]), _ids("digits/train", np.arange(len(train_index)))
+    )
+    test = TensorSet(
+        images[test_index], torch.from_numpy(labels[test_index]), _ids("digits/test", np.arange(len(test_index)))
+    )
     mean = float(train.inputs.mean())
     std = float(train.inputs.std())
-    return DataBundle("digits", train, test, 10, (mean,), (std,), augment=False,
-                      extra={"seed": seed, "source_index": train_index.tolist()})
+    return DataBundle(
+        "digits",
+        train,
+        test,
+        10,
+        (mean,),
+        (std,),
+        augment=False,
+        extra={"seed": seed, "source_index": train_index.tolist()},
+    )
 
 
 def _torchvision(name: str, root: Path, seed: int, download: bool) -> DataBundle:
@@ -235,13 +240,16 @@ def _torchvision(name: str, root: Path, seed: int, download: bool) -> DataBundle
     def part(index: np.ndarray) -> TensorSet:
         return TensorSet(full_x[index], full_y[index], _ids(f"{name}/train", index))
 
-    test = TensorSet(torch.from_numpy(np.ascontiguousarray(test_x)),
-                     torch.from_numpy(test_y.astype(np.int64)),
-                     _ids(f"{name}/test", np.arange(len(test_y))))
+    test = TensorSet(
+        torch.from_numpy(np.ascontiguousarray(test_x)),
+        torch.from_numpy(test_y.astype(np.int64)),
+        _ids(f"{name}/test", np.arange(len(test_y))),
+    )
     mean, std = _STATS[name]
     classes = 100 if name == "cifar100" else 10
-    return DataBundle(name, part(kept), test, classes, mean, std,
-                      augment=name != "svhn", val=part(held_out), extra={"seed": seed})
+    return DataBundle(
+        name, part(kept), test, classes, mean, std, augment=name != "svhn", val=part(held_out), extra={"seed": seed}
+    )
 
 
 def _as_nchw(inputs: np.ndarray, path: Path) -> np.ndarray:
@@ -281,9 +289,15 @@ def _npz(path: Path, seed: int) -> DataBundle:
     train = part(train_index)
     scaled = as_float(train.inputs)
     dims = (0, 2, 3)
-    return DataBundle(path.stem, train, part(test_index), int(labels.max()) + 1,
-                      tuple(scaled.mean(dims).tolist()), tuple(scaled.std(dims).tolist()),
-                      extra={"seed": seed, "source": str(path)})
+    return DataBundle(
+        path.stem,
+        train,
+        part(test_index),
+        int(labels.max()) + 1,
+        tuple(scaled.mean(dims).tolist()),
+        tuple(scaled.std(dims).tolist()),
+        extra={"seed": seed, "source": str(path)},
+    )
 
 
 def as_float(inputs: Tensor) -> Tensor:
@@ -317,11 +331,7 @@ def batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Float input and label batches of `data`, taken on the device the data lives on."""
     count = len(data)
-    order = (torch.randperm(count, generator=generator).to(data.labels.device)
-             if shuffle else None)
+    order = torch.randperm(count, generator=generator).to(data.labels.device) if shuffle else None
     for start in range(0, count, batch_size):
-        if order is None:
-            chunk = slice(start, start + batch_size)
-        else:
-            chunk = order[start:start + batch_size]
+        chunk = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         yield as_float(data.inputs[chunk]), data.labels[chunk]

@@ -163,9 +163,7 @@ def forget_efficacy(
     return svc_mia(retain.rows(0, len(test)), test, target_non_members=forget, features=features)
 
 
-def training_privacy(
-    retain: Posteriors, test: Posteriors, features: Sequence[str] = MIA_FEATURES
-) -> dict[str, float]:
+def training_privacy(retain: Posteriors, test: Posteriors, features: Sequence[str] = MIA_FEATURES) -> dict[str, float]:
     """MIA-privacy per feature (appendix metric): balanced attack accuracy on Dr vs test, percent.
 
     As the official code: with h = |test| // 2, shadow = Dr[:h] vs test[:h], target =
@@ -240,11 +238,7 @@ class Evaluation:
             raise ConfigError(f"metrics {missing} are missing; have: {', '.join(sorted(values))}")
 
         def features(prefix: str) -> dict[str, float]:
-            return {
-                name: float(values[f"{prefix}_{name}"])
-                for name in MIA_FEATURES
-                if f"{prefix}_{name}" in values
-            }
+            return {name: float(values[f"{prefix}_{name}"]) for name in MIA_FEATURES if f"{prefix}_{name}" in values}
 
         rte = values.get("RTE_seconds")
         return cls(
@@ -316,9 +310,7 @@ def metric_gaps(
     return {name: abs(mine[name] - theirs[name]) for name in GAP_METRICS}
 
 
-def gap_to_retrain(
-    evaluation: Evaluation, retrain: Evaluation, sparsity_tolerance: float | None = 1.0
-) -> float:
+def gap_to_retrain(evaluation: Evaluation, retrain: Evaluation, sparsity_tolerance: float | None = 1.0) -> float:
     """Average gap ("Disparity Ave." / "Avg. Gap"): mean |difference| to Retrain over UA, MIA, RA, TA."""
     return float(np.mean(list(metric_gaps(evaluation, retrain, sparsity_tolerance).values())))
 

@@ -95,8 +95,15 @@ def vgg16_bn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
             continue
         layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
         channels = item
-    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 256), nn.ReLU(inplace=True),
-            nn.Linear(256, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes)]
+    head = [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, num_classes),
+    ]
     return nn.Sequential(*layers, *head)
 
 

@@ -18,8 +18,9 @@ from unlearn.train import History, TrainConfig, fit
 def new_model(preset: Preset, bundle: DataBundle, seed: int) -> Classifier:
     """A freshly initialised model of the preset's architecture, seeded."""
     torch.manual_seed(seed)
-    return build_model(preset.arch, bundle.input_shape, bundle.num_classes, bundle.mean,
-                       bundle.std, **preset.model_options)
+    return build_model(
+        preset.arch, bundle.input_shape, bundle.num_classes, bundle.mean, bundle.std, **preset.model_options
+    )
 
 
 def original_config(preset: Preset, bundle: DataBundle, seed: int) -> TrainConfig:

@@ -30,12 +30,16 @@ _CIFAR10 = Preset("cifar10", "cifar10", "resnet18", TrainConfig())
 PRESETS: dict[str, Preset] = {
     "cifar10": _CIFAR10,
     "cifar100": replace(_CIFAR10, name="cifar100", dataset="cifar100"),
-    "svhn": replace(_CIFAR10, name="svhn", dataset="svhn",
-                    train=replace(_CIFAR10.train, epochs=160, augment=False)),
+    "svhn": replace(_CIFAR10, name="svhn", dataset="svhn", train=replace(_CIFAR10.train, epochs=160, augment=False)),
     # 182 -> 20 epochs, batch 256 -> 128 (1,437 samples), lr 0.1 -> 0.05, rewind 8/182 -> 1/20.
-    "digits": Preset("digits", "digits", "digits_resnet",
-                     replace(_CIFAR10.train, epochs=20, batch_size=128, lr=0.05, augment=False),
-                     model_options={"width": 32}, rewind_epoch=1),
+    "digits": Preset(
+        "digits",
+        "digits",
+        "digits_resnet",
+        replace(_CIFAR10.train, epochs=20, batch_size=128, lr=0.05, augment=False),
+        model_options={"width": 32},
+        rewind_epoch=1,
+    ),
 }
 
 

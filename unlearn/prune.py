@@ -109,8 +109,7 @@ def _snapshot(model: nn.Module) -> StateDict:
 def _check_rewind(preset: Preset) -> None:
     if not 0 <= preset.rewind_epoch < preset.train.epochs:
         raise ConfigError(
-            f"preset {preset.name!r}: rewind_epoch {preset.rewind_epoch} must lie in "
-            f"[0, epochs={preset.train.epochs})"
+            f"preset {preset.name!r}: rewind_epoch {preset.rewind_epoch} must lie in [0, epochs={preset.train.epochs})"
         )
 
 
@@ -247,9 +246,7 @@ def _absolute_copy(net: nn.Module) -> nn.Module:
     return scorer
 
 
-def _synflow_scores(
-    scorer: nn.Module, magnitudes: dict[str, Tensor], masks: Masks, ones: Tensor
-) -> dict[str, Tensor]:
+def _synflow_scores(scorer: nn.Module, magnitudes: dict[str, Tensor], masks: Masks, ones: Tensor) -> dict[str, Tensor]:
     """|d(sum of outputs)/dw * w| for the conv weights of `scorer`, masked weights set to zero first."""
     weights = prunable_parameters(scorer)
     with torch.no_grad():
@@ -261,9 +258,7 @@ def _synflow_scores(
     return {name: (weight.grad * weight).detach().abs() for name, weight in weights.items()}
 
 
-def synflow_masks(
-    model: nn.Module, input_shape: tuple[int, ...], sparsity: float, rounds: int = 100
-) -> Masks:
+def synflow_masks(model: nn.Module, input_shape: tuple[int, ...], sparsity: float, rounds: int = 100) -> Masks:
     """Data-free SynFlow masks for the conv weights of `model` at `sparsity`, reached in `rounds` steps.
 
     Round i prunes to 1 - (1 - sparsity)^(i / rounds), i.e. the same share q of the remaining

@@ -47,7 +47,7 @@ class Manifest:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(zip(self.sample_ids, self.indices, self.labels))
+        writer.writerows(zip(self.sample_ids, self.indices, self.labels, strict=True))
         return buffer.getvalue()
 
     @classmethod
@@ -59,8 +59,7 @@ class Manifest:
             raise ConfigError(f"{source}: header {header} is not {MANIFEST_COLUMNS}")
         rows = list(reader)
         try:
-            return cls(tuple(r[0] for r in rows), tuple(int(r[1]) for r in rows),
-                       tuple(int(r[2]) for r in rows))
+            return cls(tuple(r[0] for r in rows), tuple(int(r[1]) for r in rows), tuple(int(r[2]) for r in rows))
         except (IndexError, ValueError) as error:
             raise ConfigError(f"{source}: malformed row ({error})") from error
 
@@ -86,8 +85,12 @@ class Split:
 
     def digests(self) -> dict[str, str]:
         """Digest of each manifest and of the whole split."""
-        return {"retain": self.retain.digest(), "forget": self.forget.digest(),
-                "test": self.test.digest(), "split": self.digest()}
+        return {
+            "retain": self.retain.digest(),
+            "forget": self.forget.digest(),
+            "test": self.test.digest(),
+            "split": self.digest(),
+        }
 
     def retain_set(self, bundle: DataBundle) -> TensorSet:
         """The retain rows of the training set (Dr)."""
@@ -107,9 +110,12 @@ class Split:
         folder.mkdir(parents=True, exist_ok=True)
         for part in ("retain", "forget", "test"):
             (folder / f"{part}.csv").write_text(getattr(self, part).to_csv())
-        info = {"scenario": self.scenario, "forgotten_classes": list(self.forgotten_classes),
-                "sizes": {p: len(getattr(self, p)) for p in ("retain", "forget", "test")},
-                "digests": self.digests()}
+        info = {
+            "scenario": self.scenario,
+            "forgotten_classes": list(self.forgotten_classes),
+            "sizes": {p: len(getattr(self, p)) for p in ("retain", "forget", "test")},
+            "digests": self.digests(),
+        }
         (folder / "split.json").write_text(json.dumps(info, indent=2) + "\n")
         return folder
 
@@ -121,20 +127,27 @@ class Split:
         if not info_path.is_file():
             raise ConfigError(f"no split at {folder} (split.json missing): run the split stage")
         info = json.loads(info_path.read_text())
-        parts = {p: Manifest.from_csv((folder / f"{p}.csv").read_text(), str(folder / f"{p}.csv"))
-                 for p in ("retain", "forget", "test")}
+        parts = {
+            p: Manifest.from_csv((folder / f"{p}.csv").read_text(), str(folder / f"{p}.csv"))
+            for p in ("retain", "forget", "test")
+        }
         return cls(info["scenario"], forgotten_classes=tuple(info["forgotten_classes"]), **parts)
 
 
-def _split_from_forget(bundle: DataBundle, scenario: str, forget_index: Sequence[int],
-                       dropped_classes: Sequence[int] = ()) -> Split:
+def _split_from_forget(
+    bundle: DataBundle, scenario: str, forget_index: Sequence[int], dropped_classes: Sequence[int] = ()
+) -> Split:
     forget_index = sorted(int(i) for i in forget_index)
     retain_index = np.setdiff1d(np.arange(len(bundle.train)), forget_index)
     test_labels = bundle.test.labels.cpu().numpy()
     test_index = np.flatnonzero(~np.isin(test_labels, list(dropped_classes)))
-    return Split(scenario, Manifest.of(bundle.train, retain_index),
-                 Manifest.of(bundle.train, forget_index), Manifest.of(bundle.test, test_index),
-                 tuple(sorted(dropped_classes)))
+    return Split(
+        scenario,
+        Manifest.of(bundle.train, retain_index),
+        Manifest.of(bundle.train, forget_index),
+        Manifest.of(bundle.test, test_index),
+        tuple(sorted(dropped_classes)),
+    )
 
 
 def class_wise(bundle: DataBundle, classes: Sequence[int]) -> Split:

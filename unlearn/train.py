@@ -138,8 +138,9 @@ def fit(
     data = data.to(device)
     masks = masks_to(masks, device)
     apply_masks(model, masks)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     steps = math.ceil(len(data) / config.batch_size)
     history = History()
     started = time.perf_counter()
@@ -176,11 +177,23 @@ def fit(
             loss_sum += loss.detach() * len(targets)
             correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
-        record = EpochRecord(epoch, float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1),
-                             config.lr * config.lr_factor(epoch), time.perf_counter() - epoch_started)
+        record = EpochRecord(
+            epoch,
+            float(loss_sum) / max(seen, 1),
+            float(correct) / max(seen, 1),
+            config.lr * config.lr_factor(epoch),
+            time.perf_counter() - epoch_started,
+        )
         history.epochs.append(record)
-        log.info("epoch %d/%d loss %.4f acc %.4f lr %.4g %.2fs", epoch + 1, config.epochs,
-                 record.loss, record.accuracy, record.lr, record.seconds)
+        log.info(
+            "epoch %d/%d loss %.4f acc %.4f lr %.4g %.2fs",
+            epoch + 1,
+            config.epochs,
+            record.loss,
+            record.accuracy,
+            record.lr,
+            record.seconds,
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     history.seconds = time.perf_counter() - started

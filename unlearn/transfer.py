@@ -56,21 +56,15 @@ class TransferConfig:
     method_config: object | None = None
     retrain_config: object | None = None
     linear_probe: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            epochs=30, lr=0.1, batch_size=128, schedule="cosine", augment=False
-        )
+        default_factory=lambda: TrainConfig(epochs=30, lr=0.1, batch_size=128, schedule="cosine", augment=False)
     )
     fine_tune: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            epochs=10, lr=0.01, batch_size=128, schedule="constant", augment=False
-        )
+        default_factory=lambda: TrainConfig(epochs=10, lr=0.01, batch_size=128, schedule="constant", augment=False)
     )
 
     def __post_init__(self) -> None:
         if set(self.source_classes) & set(self.target_classes):
-            raise ConfigError(
-                f"source {self.source_classes} and target {self.target_classes} classes must not overlap"
-            )
+            raise ConfigError(f"source {self.source_classes} and target {self.target_classes} classes must not overlap")
         if not self.forget_classes or not set(self.forget_classes) < set(self.source_classes):
             raise ConfigError(
                 f"forget_classes {self.forget_classes} must be a non-empty proper "
@@ -220,9 +214,7 @@ def transfer(
     if mode == "linear_probe":
         return linear_probe(model, target.train, target.test, target.num_classes, config.linear_probe, device)
     if mode == "fine_tune":
-        return fine_tune(
-            model, target.train, target.test, target.num_classes, config.fine_tune, device, masks=masks
-        )
+        return fine_tune(model, target.train, target.test, target.num_classes, config.fine_tune, device, masks=masks)
     raise ConfigError(f"unknown transfer mode {mode!r}; known: {', '.join(MODES)}")
 
 
@@ -246,12 +238,8 @@ def unlearn_sources(
     method_config = config.method_config or default_config(config.method, config.preset)
     retrain_config = config.retrain_config or default_config("retrain", config.preset)
     return {
-        "unlearned": run_method(
-            config.method, original, retain, forget, device, masks=masks, config=method_config
-        ),
-        "retrained": run_method(
-            "retrain", original, retain, forget, device, masks=masks, config=retrain_config
-        ),
+        "unlearned": run_method(config.method, original, retain, forget, device, masks=masks, config=method_config),
+        "retrained": run_method("retrain", original, retain, forget, device, masks=masks, config=retrain_config),
     }
 
 

@@ -34,9 +34,16 @@ class IterativeConfig:
 
     def train_config(self, **changes) -> TrainConfig:
         """The `TrainConfig` these settings describe (constant schedule unless changed)."""
-        values = dict(epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-                      weight_decay=self.weight_decay, batch_size=self.batch_size,
-                      schedule="constant", augment=self.augment, seed=self.seed)
+        values = dict(
+            epochs=self.epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            schedule="constant",
+            augment=self.augment,
+            seed=self.seed,
+        )
         return TrainConfig(**{**values, **changes})
 
 

@@ -76,9 +76,7 @@ def flat_mask(params: Parameters, masks: Masks | None) -> Tensor | None:
     return torch.cat(parts)
 
 
-def inverse_fisher_product(
-    vector: Tensor, gradient_blocks: Sequence[Callable[[], Tensor]], damping: float
-) -> Tensor:
+def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[], Tensor]], damping: float) -> Tensor:
     """(damping I + G^T G / m)^{-1} vector, exactly, by the Woodbury identity.
 
     G is the (m, d) matrix of per-sample gradients, handed over as row blocks that are

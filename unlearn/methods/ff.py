@@ -112,9 +112,7 @@ def run(
     sync(device)
     started = time.perf_counter()
     fisher_set = _fisher_samples(retain_set, config).to(device)
-    fisher = fisher_diagonal(
-        model, fisher_set, config.batch_size, config.estimator, config.per_sample_batch_size
-    )
+    fisher = fisher_diagonal(model, fisher_set, config.batch_size, config.estimator, config.per_sample_batch_size)
     classes = _reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
     _add_noise(model, fisher, config, masks, classes)
     apply_masks(model, masks)
@@ -185,8 +183,7 @@ def head_names(model: nn.Module) -> set[str]:
     if not linear:
         raise ConfigError("ff needs a model whose classifier head is an nn.Linear module")
     return {
-        f"{linear[-1]}.{name}" if linear[-1] else name
-        for name, _ in model.get_submodule(linear[-1]).named_parameters()
+        f"{linear[-1]}.{name}" if linear[-1] else name for name, _ in model.get_submodule(linear[-1]).named_parameters()
     }
 
 

@@ -23,8 +23,15 @@ class Config(IterativeConfig):
 PRESET_DEFAULTS: dict[str, dict] = {"cifar10": {"augment": True}, "digits": {"batch_size": 128}}
 
 
-def run(model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, config: Config,
-        device: torch.device, *, masks: Masks | None = None) -> Unlearned:
+def run(
+    model: nn.Module,
+    retain_set: TensorSet,
+    forget_set: TensorSet,
+    config: Config,
+    device: torch.device,
+    *,
+    masks: Masks | None = None,
+) -> Unlearned:
     """Fine-tune a copy of `model` on `retain_set`; `forget_set` is not read."""
     model = working_copy(model)
     sync(device)

@@ -50,8 +50,6 @@ def run(
     model = working_copy(model)
     sync(device)
     started = time.perf_counter()
-    history = fit(
-        model, forget_set, config.train_config(), device, masks=masks, objective=negative_cross_entropy
-    )
+    history = fit(model, forget_set, config.train_config(), device, masks=masks, objective=negative_cross_entropy)
     sync(device)
     return Unlearned(model, time.perf_counter() - started, history)

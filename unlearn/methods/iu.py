@@ -113,9 +113,7 @@ def run(
     return Unlearned(model, time.perf_counter() - started)
 
 
-def influence_direction(
-    model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, batch_size: int
-) -> Tensor:
+def influence_direction(model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, batch_size: int) -> Tensor:
     """v = G_f / N - n_f / (N n_r) * G_r, flattened over the trainable parameters."""
     forget_count, retain_count = len(forget_set), len(retain_set)
     if forget_count == 0 or retain_count == 0:

@@ -92,8 +92,6 @@ def run(
     model = working_copy(model)
     sync(device)
     started = time.perf_counter()
-    history = fit(
-        model, retain_set, config.train_config(), device, masks=masks, objective=l1_objective(model, config)
-    )
+    history = fit(model, retain_set, config.train_config(), device, masks=masks, objective=l1_objective(model, config))
     sync(device)
     return Unlearned(model, time.perf_counter() - started, history)

@@ -46,9 +46,7 @@ def concatenate(first: TensorSet, second: TensorSet) -> TensorSet:
     )
 
 
-def random_labeller(
-    forget_size: int, retain_labels: Tensor, classes: int, seed: int
-) -> Callable[[int], Tensor]:
+def random_labeller(forget_size: int, retain_labels: Tensor, classes: int, seed: int) -> Callable[[int], Tensor]:
     """Labels for Df then Dr at an epoch: Df's drawn uniformly afresh, seeded by (seed, epoch)."""
 
     def labels(epoch: int) -> Tensor:

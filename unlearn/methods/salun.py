@@ -53,8 +53,7 @@ def forget_gradients(
     for inputs, labels in batches(forget_set.to(device), batch_size):
         (-F.cross_entropy(model(inputs), labels)).backward()
     gradients = {
-        name: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-        for name, p in model.named_parameters()
+        name: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for name, p in model.named_parameters()
     }
     model.zero_grad(set_to_none=True)
     return gradients
@@ -96,9 +95,7 @@ def freeze_outside(model: nn.Module, salient: Masks) -> Callable[[nn.Module], No
     """
     parameters = dict(model.named_parameters())
     frozen = {
-        name: (mask.bool(), parameters[name].detach().clone())
-        for name, mask in salient.items()
-        if not bool(mask.all())
+        name: (mask.bool(), parameters[name].detach().clone()) for name, mask in salient.items() if not bool(mask.all())
     }
 
     @torch.no_grad()
