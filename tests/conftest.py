@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded digits data set, the CPU device, telemetry off."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -11,8 +12,13 @@ for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "UNLEARN_DEVICE": "cpu",
 }.items():
     os.environ.setdefault(key, value)
+# Prefect reads its home when first imported: a throw-away one, never the project's or ~/.prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="unlearn-test-prefect-")
 
 torch.set_num_threads(1)  # tests use tiny models: a second thread only adds contention
 
@@ -54,8 +60,7 @@ def s3_endpoint():
     """moto's S3-compatible server on 127.0.0.1 (a real HTTP server, not a mock object)."""
     from moto.server import ThreadedMotoServer
 
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -77,10 +82,8 @@ def s3_bucket(s3_endpoint, request):
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
+def prefect_api():
     """Prefect's test harness: a temporary local API (sqlite) for the whole session."""
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):

@@ -1,0 +1,86 @@
+"""What every stage entry point shares: params, the prepared data, the device, argument parsing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from tasks import layout
+from tasks.params import Params, load_params
+from unlearn.checkpoint import Checkpoint, load_checkpoint, model_metadata, restore_model, save_checkpoint
+from unlearn.data import DataBundle
+from unlearn.device import pick_device
+from unlearn.errors import UnlearnError
+from unlearn.presets import Preset, get_preset
+from unlearn.splits import Split
+
+
+def device() -> torch.device:
+    """The device stages run on: `UNLEARN_DEVICE` (auto, cpu, cuda[:N]) or auto."""
+    return pick_device(os.environ.get("UNLEARN_DEVICE", "auto"))
+
+
+def preset(params: Params) -> Preset:
+    return get_preset(params.data.preset)
+
+
+def bundle() -> DataBundle:
+    """The prepared data set (the prepare stage writes it once; every stage reuses its split)."""
+    return DataBundle.load(layout.RAW)
+
+
+def split(scenario: str) -> Split:
+    return Split.load(layout.split_dir(scenario))
+
+
+def stage_main(description: str, run: Callable[..., object], *arguments: tuple[str, type]) -> None:
+    """Parse `--params` plus the stage's own arguments and call `run(params, ...)`.
+
+    Bad input ends the process with status 2 and the error's message, not a traceback.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default=str(layout.Path("params.yaml")))
+    for name, kind in arguments:
+        parser.add_argument(f"--{name}", type=kind, required=True)
+    args = vars(parser.parse_args())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    try:
+        params = load_params(args.pop("params"))
+        run(params, **args)
+    except UnlearnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+def save_model(path, model: torch.nn.Module, params: Params, data: DataBundle, masks=None, **metadata):
+    """Checkpoint `model` with the metadata every stage records (arch, data set, preset)."""
+    recipe = preset(params)
+    base = model_metadata(recipe.arch, data, model_options=recipe.model_options, preset=recipe.name)
+    return save_checkpoint(path, model, {**base, **metadata}, masks)
+
+
+def load_model(path, **expect) -> tuple[torch.nn.Module, Checkpoint]:
+    """The model a checkpoint holds, and the checkpoint (masks, metadata)."""
+    checkpoint = load_checkpoint(path, expect=expect or None)
+    return restore_model(checkpoint), checkpoint
+
+
+@contextmanager
+def tracked(params: Params, kind: str, name: str, config=None, **tags):
+    """An MLflow run around one unit of a stage's work; yields `tasks.tracking`, or None when disabled."""
+    if not params.tracking.enabled:
+        yield None
+        return
+    from tasks import tracking
+
+    recipe = preset(params)
+    tags = {"dataset": recipe.dataset, "arch": recipe.arch, "device": str(device()), **tags}
+    with tracking.start_run(kind, name, params=config, tags=tags, experiment=params.tracking.experiment):
+        yield tracking

@@ -1,0 +1,276 @@
+"""The production path, step by step: claim a batch of deletion requests, unlearn, register.
+
+Each step is a plain function the `deletion_batch` Prefect flow runs as a task. Every step
+is safe to repeat, so a batch that crashed anywhere is resumed by the next run:
+
+- the inbox keeps the batch's requests in `claimed/<batch_id>/` until `finish` moves
+  them to `done/`, and the next run resumes claimed batches before claiming new ones;
+- `Ledger.extend` is a no-op for a batch already recorded;
+- the split, its validation and its DVC version are rewritten identically;
+- registration is keyed by the batch id: a batch that already has a registry version is
+  not unlearned or registered again (`existing_candidate`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks import layout, registry, tracking
+from tasks.common import bundle, device, load_model, preset, save_model
+from tasks.ledger import Ledger, batch_split, validate_batch
+from tasks.params import Params, method_config
+from tasks.requests import DeletionRequest, Inbox, new_batch_id, open_inbox
+from tasks.validate import validate_against
+from unlearn.errors import UnlearnError
+from unlearn.methods import run_method
+from unlearn.metrics import evaluate
+from unlearn.splits import Manifest, Split
+from unlearn.train import accuracy
+
+log = logging.getLogger(__name__)
+
+
+class NoChampionError(UnlearnError):
+    """There is no champion model to unlearn from."""
+
+
+@dataclass
+class Batch:
+    """The requests of one batch: those accepted and those rejected (with reasons)."""
+
+    batch_id: str
+    accepted: list[DeletionRequest]
+    rejected: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [request.request_id for request in self.accepted]
+
+
+@dataclass
+class BatchSplit:
+    """The split unlearning runs on, the cumulative forget set and where they are written."""
+
+    split: Split
+    cumulative: Manifest
+    folder: Path
+
+
+@dataclass
+class Candidate:
+    """An unlearned checkpoint and the champion version it came from."""
+
+    checkpoint: Path
+    seconds: float
+    parent_version: str
+    method: str
+
+
+def inbox_of(params: Params) -> Inbox:
+    return open_inbox(params.deletion.inbox, max_bytes=params.deletion.max_request_bytes)
+
+
+def open_batch(params: Params) -> Batch | None:
+    """Resume a claimed batch (a crashed run's), or claim every pending request as a new one.
+
+    Bad requests (malformed, unknown or already-deleted sample ids, empty) are rejected
+    with their reason; None when there is nothing to do.
+    """
+    inbox = inbox_of(params)
+    resumable = inbox.claimed_batches()
+    if resumable:
+        batch_id, resumed = resumable[0], True
+        request_ids = inbox.claimed_requests(batch_id)
+    else:
+        batch_id, resumed = new_batch_id(), False
+        request_ids = inbox.claim(batch_id)
+    if not request_ids:
+        return None
+    return screen(params, inbox, batch_id, request_ids, resumed)
+
+
+def screen(params: Params, inbox: Inbox, batch_id: str, request_ids: list[str], resumed: bool) -> Batch:
+    """Parse and check each request of the batch; reject the bad ones in the inbox."""
+    parsed = {request_id: inbox.read(batch_id, request_id) for request_id in request_ids}
+    malformed = {rid: reason for rid, reason in parsed.items() if isinstance(reason, str)}
+    requests = [request for request in parsed.values() if not isinstance(request, str)]
+    ledger = Ledger.load(params.deletion.ledger)
+    accepted, rejected = validate_batch(requests, bundle().train.ids, ledger, batch_id=batch_id)
+    reasons = {**malformed, **rejected}
+    for request_id, reason in reasons.items():
+        inbox.reject(batch_id, request_id, reason)
+        log.warning("rejected %s: %s", request_id, reason)
+    return Batch(batch_id, list(accepted), reasons, resumed)
+
+
+def record(params: Params, batch: Batch) -> Ledger:
+    """Add the batch's samples to the cumulative ledger (once per batch) and save it."""
+    ledger = Ledger.load(params.deletion.ledger).extend(batch.batch_id, batch.accepted)
+    ledger.save()
+    return ledger
+
+
+def write_split(params: Params, batch: Batch, ledger: Ledger) -> BatchSplit:
+    """Manifests for the batch (retain excludes every deletion so far), checked by Great Expectations."""
+    data = bundle()
+    split, cumulative = batch_split(data, ledger, batch.batch_id)
+    folder = split.save(layout.batch_split_dir(batch.batch_id))
+    (folder / "cumulative_forget.csv").write_text(cumulative.to_csv())
+    report = validate_against(split, data, name=batch.batch_id)
+    report.save(layout.batch_validation_report(batch.batch_id))
+    report.raise_for_failures()
+    return BatchSplit(split, cumulative, folder)
+
+
+def version_split(params: Params, batch_split_: BatchSplit) -> dict[str, str]:
+    """`dvc add` the batch's split and the ledger, and push them to the default remote."""
+    from dvc.repo import Repo
+
+    targets = [str(batch_split_.folder), params.deletion.ledger]
+    with Repo(".") as repo:
+        stages = repo.add(targets)
+        if params.deletion.dvc_push:
+            repo.push(targets=[f"{target}.dvc" for target in targets])
+    return {f"dvc.{Path(out.def_path).name}": out.hash_info.value for stage in stages for out in stage.outs}
+
+
+def model_name(params: Params) -> str:
+    """The registered model of the preset's data set and architecture."""
+    recipe = preset(params)
+    return registry.model_name(recipe.dataset, recipe.arch)
+
+
+def version_for_batch(name: str, batch_id: str):
+    """The version of `name` registered for `batch_id`, or None: the batch's idempotency key."""
+    found = tracking.client().search_model_versions(f"name = '{name}' and tags.{registry.BATCH_TAG} = '{batch_id}'")
+    return found[0] if found else None
+
+
+def checkpoint_path(version) -> Path:
+    """The checkpoint (weights, masks, metadata) logged with a registry version, downloaded."""
+    import mlflow
+
+    model_id = version.model_id or version.source.removeprefix("models:/")  # source: models:/m-<id>
+    location = tracking.client().get_logged_model(model_id).artifact_location
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/extra_files")
+    found = sorted(Path(folder).glob("*.pt"))
+    if not found:
+        raise NoChampionError(f"version {version.version} of {version.name} holds no checkpoint")
+    return found[0]
+
+
+def champion_version(params: Params):
+    """The champion's registry version; a clear error when no champion exists yet."""
+    name = model_name(params)
+    version = registry.version_by_alias(name, registry.CHAMPION)
+    if version is None:
+        raise NoChampionError(f"{name} has no champion: run `unlearn train-original` first")
+    return version
+
+
+def existing_candidate(params: Params, batch: Batch):
+    """The registry version this batch already produced (a resumed run), or None."""
+    return version_for_batch(model_name(params), batch.batch_id)
+
+
+def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
+    """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
+    champion = champion_version(params)
+    model, checkpoint = load_model(checkpoint_path(champion))
+    data = bundle()
+    forget_ids = ledger.sample_ids_of(batches_since(ledger, champion.tags.get(registry.BATCH_TAG)))
+    forget_set = data.train.subset([data.train.ids.index(i) for i in forget_ids])
+    method = params.deletion.method
+    result = run_method(
+        method,
+        model,
+        split.split.retain_set(data),
+        forget_set,
+        device(),
+        masks=checkpoint.masks,
+        config=method_config(params, method, seed=params.deletion.seed),
+    )
+    path = layout.batch_model_path(batch.batch_id)
+    save_model(
+        path,
+        result.model,
+        params,
+        data,
+        masks=checkpoint.masks,
+        batch_id=batch.batch_id,
+        method=method,
+        parent_version=str(champion.version),
+        unlearn_seconds=result.seconds,
+        split_digest=split.split.digest(),
+        request_ids=batch.request_ids,
+    )
+    return Candidate(path, result.seconds, str(champion.version), method)
+
+
+def batches_since(ledger: Ledger, batch_id: str | None) -> list[str]:
+    """The ledger's batches after `batch_id` (all of them when None: the original champion)."""
+    batches = ledger.batches()
+    if batch_id is None or batch_id not in batches:
+        return batches
+    return batches[batches.index(batch_id) + 1 :]
+
+
+def evaluate_candidate(params: Params, split: BatchSplit, candidate: Candidate) -> dict[str, float]:
+    """UA on this batch and on every deletion so far, RA, TA, MIA-efficacy, RTE."""
+    data, chosen = bundle(), device()
+    model, _ = load_model(candidate.checkpoint)
+    sets = (split.split.retain_set(data), split.split.forget_set(data), split.split.test_set(data))
+    metrics = evaluate(model, *sets, chosen, seconds=candidate.seconds).as_dict()
+    cumulative = data.train.subset(list(split.cumulative.indices))
+    metrics["UA_cumulative"] = 100.0 - accuracy(model, cumulative, chosen)
+    return metrics
+
+
+def retrain_reference(params: Params, split: BatchSplit, candidate: Candidate) -> dict[str, float]:
+    """Retrain's metrics on the same split (the gold standard), where the policy asks for it."""
+    data, chosen = bundle(), device()
+    model, checkpoint = load_model(candidate.checkpoint)
+    sets = (split.split.retain_set(data), split.split.forget_set(data), split.split.test_set(data))
+    result = run_method(
+        "retrain",
+        model,
+        sets[0],
+        sets[1],
+        chosen,
+        masks=checkpoint.masks,
+        config=method_config(params, "retrain", seed=params.deletion.seed),
+    )
+    return evaluate(result.model, *sets, chosen, seconds=result.seconds).as_dict()
+
+
+def register_candidate(
+    params: Params,
+    batch: Batch,
+    ledger: Ledger,
+    split: BatchSplit,
+    candidate: Candidate,
+    metrics: dict[str, float],
+    retrain_metrics: dict[str, float] | None,
+    dvc_digests: dict[str, str],
+):
+    """Register the unlearned model as `candidate`, tagged with its lineage."""
+    lineage = registry.Lineage(
+        request_ids=tuple(batch.request_ids),
+        batch_id=batch.batch_id,
+        ledger_digest=ledger.digest(),
+        split_digests=split.split.digests(),
+        method=candidate.method,
+        parent_version=candidate.parent_version,
+    )
+    tags = {**dvc_digests, "deletion.rejected": ",".join(sorted(batch.rejected))}
+    return registry.register_unlearned(
+        candidate.checkpoint, lineage, metrics, retrain_metrics=retrain_metrics, tags=tags
+    )
+
+
+def finish(params: Params, batch: Batch) -> None:
+    """Move the batch's accepted requests to done (a no-op for those already there)."""
+    inbox_of(params).complete(batch.batch_id, batch.request_ids)

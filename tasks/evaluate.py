@@ -1,0 +1,69 @@
+"""Stage `evaluate`: UA, MIA-efficacy, RA, TA, RTE of one method in one scenario, per sparsity.
+
+Writes a DVC metrics file (mean and std over seeds per sparsity) and a DVC plot file
+(UA and MIA-efficacy against sparsity).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from tasks import layout
+from tasks.common import bundle, device, load_model, split, stage_main, tracked
+from tasks.params import Params
+from unlearn.metrics import evaluate
+
+HEADLINE = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and (sample) std over seeds of each headline metric."""
+    summary: dict[str, float] = {"seeds": len(runs)}
+    for name in HEADLINE:
+        values = [run[name] for run in runs]
+        summary[name] = statistics.fmean(values)
+        summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary["sparsity_percent"] = statistics.fmean(run["sparsity_percent"] for run in runs)
+    return summary
+
+
+def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dict[str, float]]:
+    """Evaluate every seed's model of `method` at every sparsity; write metrics and plot files."""
+    data, chosen, chosen_split = bundle(), device(), split(scenario)
+    sets = (chosen_split.retain_set(data), chosen_split.forget_set(data), chosen_split.test_set(data))
+    results: dict[str, dict[str, float]] = {}
+    for sparsity in params.prune.sparsities:
+        runs = []
+        for seed in params.train.seeds:
+            model, checkpoint = load_model(layout.unlearned_path(scenario, method, sparsity, seed))
+            evaluation = evaluate(model, *sets, chosen, seconds=checkpoint.metadata["unlearn_seconds"])
+            runs.append(evaluation.as_dict())
+        summary = {"sparsity": sparsity, **summarise(runs)}
+        name = f"evaluate-{method}-{scenario}-s{sparsity}"
+        with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as log:
+            if log:
+                log.log_evaluation(summary)
+        results[layout.sparsity_tag(sparsity)] = summary
+    write_results(scenario, method, results)
+    return results
+
+
+def write_results(scenario: str, method: str, results: dict[str, dict[str, float]]) -> Path:
+    """The metrics JSON and the by-sparsity CSV of one method in one scenario."""
+    path = layout.metrics_path(scenario, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    layout.plot_path(scenario, method).parent.mkdir(parents=True, exist_ok=True)
+    with layout.plot_path(scenario, method).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sparsity", "UA", "MIA_efficacy", "RA", "TA"])
+        for row in results.values():
+            writer.writerow([row["sparsity"], *(round(row[k], 4) for k in ("UA", "MIA_efficacy", "RA", "TA"))])
+    return path
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, evaluate_method, ("scenario", str), ("method", str))

@@ -1,0 +1,337 @@
+"""`params.yaml`, loaded into pydantic models: DVC params, Prefect flow parameters, MLflow params.
+
+Each stage reads only its own group, so DVC invalidates precisely. A bad value fails fast
+with a `ConfigError` naming the key (`unlearn.settings.l1_sparse.gama: unknown setting`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.layout import sparsity_tag
+from unlearn.errors import ConfigError
+from unlearn.methods import METHOD_NAMES, default_config
+from unlearn.presets import PRESETS
+from unlearn.train import TrainConfig
+from unlearn.transfer import TransferConfig
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Strict):
+    """Which data set, from where, split how (train/test split seed)."""
+
+    preset: str = "digits"
+    root: str = "data/external"
+    download: bool = False
+    seed: int = 0
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(PRESETS)}")
+        return value
+
+
+class Scenario(Strict):
+    """A forgetting scenario: all samples of some classes, or a seeded random fraction."""
+
+    kind: Literal["class_wise", "random"]
+    classes: list[int] = Field(default_factory=list)
+    fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _classes_for_class_wise(self) -> Scenario:
+        if self.kind == "class_wise" and not self.classes:
+            raise ValueError("a class_wise scenario needs `classes`")
+        return self
+
+
+class SplitParams(Strict):
+    """Forgetting scenarios by name."""
+
+    scenarios: dict[str, Scenario] = Field(
+        default_factory=lambda: {
+            "class_wise": Scenario(kind="class_wise", classes=[0]),
+            "random": Scenario(kind="random", fraction=0.1, seed=1),
+        }
+    )
+
+
+class TrainParams(Strict):
+    """Original-model training: seeds (one original per seed) and recipe overrides."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class PruneParams(Strict):
+    """The pruner and the sparsities studied (0 = the dense original)."""
+
+    method: Literal["omp", "imp", "synflow"] = "omp"
+    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v < 1]
+        if bad:
+            raise ValueError(f"sparsities must lie in [0, 1), got {bad}")
+        return values
+
+
+class UnlearnParams(Strict):
+    """The methods studied and their settings (overrides of each method's preset defaults)."""
+
+    methods: list[str] = Field(default_factory=lambda: [m for m in METHOD_NAMES if m != "retrain"])
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, values: list[str]) -> list[str]:
+        unknown = [m for m in values if m not in METHOD_NAMES]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
+        return values
+
+
+class EvaluateParams(Strict):
+    """Evaluation options."""
+
+    mia: bool = True
+
+
+class GateParams(Strict):
+    """Promotion gates a candidate must pass before it becomes champion."""
+
+    max_ta_drop: float = Field(2.0, ge=0)
+    min_ua: float = Field(90.0, ge=0, le=100)
+    min_mia_efficacy: float = Field(50.0, ge=0, le=100)
+
+
+class DeletionParams(Strict):
+    """The production path: where requests wait, how a batch is unlearned, when it runs."""
+
+    inbox: str = "data/requests"  # a folder, or s3://bucket/prefix/
+    ledger: str = "data/ledger/ledger.csv"
+    method: str = "l1_sparse"
+    sparsity: float = Field(0.95, ge=0, lt=1)  # the first champion's sparsity (0 = dense)
+    seed: int = 0
+    retrain_reference: bool = False  # also retrain on the new Dr and report the gap to it
+    dvc_push: bool = True  # version the batch's split and the ledger with DVC and push them
+    schedule: str = "0 * * * *"  # cron of the deletion-batch deployment (hourly)
+    max_request_bytes: int = Field(1 << 20, gt=0)
+
+    @field_validator("method")
+    @classmethod
+    def _approximate_method(cls, value: str) -> str:
+        if value not in METHOD_NAMES or value == "retrain":
+            known = ", ".join(m for m in METHOD_NAMES if m != "retrain")
+            raise ValueError(f"deletion.method must be an unlearning method ({known}), got {value!r}")
+        return value
+
+
+class TrackingParams(Strict):
+    """MLflow tracking of the study's stages (the store: MLFLOW_TRACKING_URI, default sqlite mlflow.db)."""
+
+    enabled: bool = True
+    experiment: str = "unlearn-study"
+
+
+class BackdoorParams(Strict):
+    """The Trojan-model cleanse (PAPER.md 7.1): the attack, the Trojan models' sparsities, the methods.
+
+    Attack fields left null take the preset's attack (`unlearn.backdoor.BACKDOOR_DEFAULTS`);
+    `settings` override each method's cleanse config (`unlearn.backdoor.cleanse_config`).
+    """
+
+    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
+    methods: list[str] = Field(default_factory=lambda: ["ft", "l1_sparse"], min_length=1)
+    trigger_size: int | None = Field(None, ge=1)
+    patch_value: float | None = Field(None, ge=0, le=1)
+    poison_ratio: float | None = Field(None, gt=0, lt=1)
+    target_class: int | None = Field(None, ge=0)
+    seed: int = 0  # poisoning, the Trojan model's training and the cleanse
+    epochs: int | None = Field(None, ge=1)  # the Trojan model's training; null = the preset's
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities_in_range(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v < 1]
+        if bad:
+            raise ValueError(f"sparsities must lie in [0, 1), got {bad}")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, values: list[str]) -> list[str]:
+        unknown = [m for m in values if m not in METHOD_NAMES]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
+        return values
+
+
+class TransferParams(Strict):
+    """Transfer after unlearning (PAPER.md 7.2): source and target classes, what is forgotten, how.
+
+    Defaults are `unlearn.transfer.TransferConfig`'s (digits 0-4 -> 5-9, forgetting 0 and 1).
+    `epochs` shortens the source model's training and the Retrain reference; `settings`
+    override the method's config; the probe and fine-tune epochs their recipes'.
+    """
+
+    source_classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    target_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
+    forget_classes: list[int] = Field(default_factory=lambda: [0, 1])
+    method: str = "l1_sparse"
+    seed: int = 0
+    epochs: int | None = Field(None, ge=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    linear_probe_epochs: int | None = Field(None, ge=1)
+    fine_tune_epochs: int | None = Field(None, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _approximate_method(cls, value: str) -> str:
+        if value not in METHOD_NAMES or value == "retrain":
+            raise ValueError(f"transfer.method must be an approximate unlearning method, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> TransferParams:
+        try:
+            TransferConfig(tuple(self.source_classes), tuple(self.target_classes), tuple(self.forget_classes))
+        except ConfigError as error:
+            raise ValueError(str(error)) from error
+        return self
+
+
+# What `unlearn tune` found: method -> preset -> scenario -> sparsity tag ("s0.95") -> settings.
+Tuned = dict[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]
+TUNED_TAG = re.compile(r"s\d+(\.\d+)?")
+
+
+class Params(Strict):
+    """The whole of params.yaml."""
+
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    prune: PruneParams = PruneParams()
+    unlearn: UnlearnParams = UnlearnParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: GateParams = GateParams()
+    deletion: DeletionParams = DeletionParams()
+    tracking: TrackingParams = TrackingParams()
+    backdoor: BackdoorParams = BackdoorParams()
+    transfer: TransferParams = TransferParams()
+    tuned: Tuned = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _settings_fit_methods(self) -> Params:
+        for method, settings in self.unlearn.settings.items():
+            try:
+                method_config(self, method, **settings)
+            except (ConfigError, TypeError) as error:
+                raise ValueError(f"unlearn.settings.{method}: {error}") from error
+        return self
+
+    @model_validator(mode="after")
+    def _tuned_fit_methods(self) -> Params:
+        for method, by_preset in self.tuned.items():
+            if method not in METHOD_NAMES or method == "retrain":
+                raise ValueError(f"tuned.{method}: not a tunable unlearning method")
+            for preset, by_scenario in by_preset.items():
+                for scenario, by_sparsity in by_scenario.items():
+                    for tag, values in by_sparsity.items():
+                        _check_tuned(f"tuned.{method}.{preset}.{scenario}.{tag}", method, preset, tag, values)
+        return self
+
+
+def _check_tuned(where: str, method: str, preset: str, tag: str, values: dict[str, Any]) -> None:
+    if preset not in PRESETS or not TUNED_TAG.fullmatch(tag):
+        raise ValueError(f"{where}: expected tuned.<method>.<preset>.<scenario>.s<sparsity>, e.g. s0.95")
+    try:
+        default_config(method, preset, **values)
+    except (ConfigError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def original_recipe(params: Params) -> TrainConfig:
+    """The preset's training recipe with the train group's overrides (original and Retrain use it)."""
+    overrides = {k: v for k, v in params.train.model_dump(exclude={"seeds"}).items() if v is not None}
+    return replace(PRESETS[params.data.preset].train, **overrides)
+
+
+def tuned_settings(params: Params, method: str, scenario: str | None, sparsity: float | None) -> dict:
+    """What `unlearn tune` wrote for `method` in this preset, scenario and sparsity ({} if nothing)."""
+    if scenario is None or sparsity is None:
+        return {}
+    by_scenario = params.tuned.get(method, {}).get(params.data.preset, {}).get(scenario, {})
+    return dict(by_scenario.get(sparsity_tag(sparsity), {}))
+
+
+def method_config(params: Params, method: str, *, scenario: str | None = None, sparsity: float | None = None, **extra):
+    """The typed config of `method`: preset defaults < tuned (scenario, sparsity) < settings < `extra`."""
+    tuned = tuned_settings(params, method, scenario, sparsity)
+    settings = {**tuned, **params.unlearn.settings.get(method, {}), **extra}
+    if method == "retrain":  # Retrain repeats the original's recipe; settings may change parts of it
+        settings["train"] = replace(original_recipe(params), **settings.get("train", {}))
+    return default_config(method, params.data.preset, **settings)
+
+
+def _location(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "params"
+
+
+def parse_params(raw: dict | None, source: str = "params") -> Params:
+    """Validate a params mapping; errors name each offending key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as error:
+        problems = "; ".join(f"{_location(e)}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    return parse_params(raw, str(path))
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params (pydantic models, dataclasses, dicts) as {"a.b.c": scalar} for MLflow."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    elif is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}{key}."))
+        return flat
+    if isinstance(value, list | tuple):
+        return {prefix[:-1]: ",".join(str(v) for v in value)}
+    return {prefix[:-1]: value}

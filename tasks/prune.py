@@ -1,0 +1,42 @@
+"""Stage `prune`: the sparse original at one sparsity for each seed (0 = the dense original itself)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from tasks import layout
+from tasks.common import bundle, device, load_model, preset, save_model, stage_main, tracked
+from tasks.params import Params, original_recipe
+from unlearn.prune import prune
+from unlearn.train import accuracy
+
+
+def prune_originals(params: Params, sparsity: float, root: str = str(layout.MODELS)) -> list[Path]:
+    """Prune each seed's original with `prune.method`; at sparsity 0 the dense original is passed on."""
+    data, chosen = bundle(), device()
+    recipe = replace(preset(params), train=original_recipe(params))
+    written = []
+    for seed in params.train.seeds:
+        dense, checkpoint = load_model(layout.original_path(seed, root))
+        meta = {**checkpoint.metadata, "sparsity": sparsity, "pruner": params.prune.method}
+        if sparsity == 0:
+            written.append(save_model(layout.pruned_path(sparsity, seed, root), dense, params, data, **meta))
+            continue
+        rewind, _ = load_model(layout.rewind_path(seed, root))
+        given = None if params.prune.method == "synflow" else (dense, rewind.state_dict())
+        name = f"prune-{params.prune.method}-s{sparsity}-seed{seed}"
+        with tracked(params, "prune", name, params.prune, seed=seed) as log:
+            result = prune(params.prune.method, recipe, data, data.train, chosen, sparsity, seed=seed, dense=given)
+            test_accuracy = accuracy(result.model, data.test, chosen)
+            if log:
+                log.log_history(result.history)
+                log.log_evaluation({"TA": test_accuracy, "sparsity": result.sparsity})
+        meta.update(achieved_sparsity=result.sparsity, prune_seconds=result.seconds, test_accuracy=test_accuracy)
+        path = layout.pruned_path(sparsity, seed, root)
+        written.append(save_model(path, result.model, params, data, masks=result.masks, **meta))
+    return written
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, prune_originals, ("sparsity", float))

@@ -1,0 +1,686 @@
+"""MLflow model registry: every unlearned model registered with the deletion requests behind it.
+
+One registered model per data set and architecture (`unlearn-digits-digits_resnet`). Its
+versions are the originals (dense and sparse) and every unlearned model. Aliases, never
+stages and never "latest", hand models on:
+
+  candidate  the newest unlearned version, awaiting review (`unlearn review`)
+  champion   the version in service; it moves only through `promote` (gates checked,
+             reviewer recorded) or, once, when the first original is registered
+
+Version tags (names in the constants below): what a version forgot (request ids, batch,
+ledger digest, split digests), how (method, sparsity, parent version), its metrics
+(`metrics.UA`, ...), a retrained reference where one exists (`retrain_version`,
+`retrain.UA`, ...), and every promotion (`promotion.reviewer`, `promotion.time`, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
+
+from tasks import tracking
+from tasks.params import PARAMS_FILE, GateParams, load_params
+from unlearn.checkpoint import Checkpoint, load_checkpoint, restore_model
+from unlearn.data import as_float
+from unlearn.errors import ConfigError, UnlearnError
+from unlearn.masks import sparsity
+from unlearn.models import Classifier
+from unlearn.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+ORIGINAL = "original"
+UNLEARNED = "unlearned"
+
+KIND_TAG = "unlearn.kind"
+REQUEST_IDS_TAG = "request_ids"
+REQUEST_COUNT_TAG = "request_count"
+BATCH_TAG = "batch_id"
+LEDGER_TAG = "ledger_digest"
+METHOD_TAG = "method"
+SPARSITY_TAG = "sparsity"
+PARENT_TAG = "parent_version"
+RETRAIN_VERSION_TAG = "retrain_version"
+CHECKPOINT_TAG = "checkpoint.sha256"
+METRIC_PREFIX = "metrics."
+RETRAIN_PREFIX = "retrain."
+PROMOTION_PREFIX = "promotion."
+REVIEW_METRICS = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
+MODEL_ARTIFACT = "model"
+# torch.export's graph format: loading runs no pickled code (as checkpoints load with
+# weights_only=True) and needs no `unlearn` package. ~3 s to log a digits model here;
+# "pickle" would take ~0.5 s but unpickles arbitrary code from the artefact store.
+SERIALIZATION = "pt2"
+
+
+class RegistryError(UnlearnError, RuntimeError):
+    """The model registry lacks what was asked of it or refuses a change."""
+
+
+class VersionNotFoundError(RegistryError, LookupError):
+    """A registered model, version or alias that does not exist."""
+
+
+class PromotionError(RegistryError):
+    """A promotion that cannot go ahead as asked (no reviewer, force without reason, ...)."""
+
+
+class GateFailedError(PromotionError):
+    """A candidate that fails promotion gates; `failed` names them."""
+
+    def __init__(self, message: str, failed: Sequence[GateResult]) -> None:
+        super().__init__(message)
+        self.failed = tuple(failed)
+
+
+# --- naming and tags -----------------------------------------------------------------------
+
+
+def model_name(dataset: str, arch: str) -> str:
+    """The registered model of a data set and architecture: `unlearn-<dataset>-<arch>`."""
+    return f"unlearn-{dataset}-{arch}"
+
+
+def default_model_name(params_path: str | Path = PARAMS_FILE) -> str:
+    """The registered model of params.yaml's preset (the digits preset where there is no file)."""
+    preset = get_preset(load_params(params_path).data.preset if Path(params_path).is_file() else "digits")
+    return model_name(preset.dataset, preset.arch)
+
+
+def load_gates(params_path: str | Path = PARAMS_FILE) -> GateParams:
+    """The promotion gates of params.yaml (`promote:`), or the defaults where there is no file."""
+    return load_params(params_path).promote if Path(params_path).is_file() else GateParams()
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What an unlearned model forgot and what it was made from."""
+
+    request_ids: tuple[str, ...]
+    batch_id: str
+    ledger_digest: str
+    split_digests: Mapping[str, str]
+    method: str
+    parent_version: str | None
+
+    def tags(self) -> dict[str, str]:
+        """The version tags naming the requests, batch, ledger, splits, method and parent."""
+        bad = [r for r in self.request_ids if not r or "," in r]
+        if not self.request_ids or bad:
+            raise ConfigError(f"request ids must be non-empty and comma-free, got {list(self.request_ids)}")
+        tags = {
+            REQUEST_IDS_TAG: ",".join(self.request_ids),
+            REQUEST_COUNT_TAG: str(len(self.request_ids)),
+            BATCH_TAG: self.batch_id,
+            LEDGER_TAG: self.ledger_digest,
+            METHOD_TAG: self.method,
+        }
+        tags.update(tracking.split_digest_tags(self.split_digests))
+        if self.parent_version is not None:
+            tags[PARENT_TAG] = str(self.parent_version)
+        return tags
+
+
+def metric_tags(metrics: Mapping[str, float], prefix: str = METRIC_PREFIX) -> dict[str, str]:
+    """Metrics as version tags (`metrics.UA`: "98.5"), so review reads them off the version."""
+    return {f"{prefix}{name}": repr(float(value)) for name, value in metrics.items()}
+
+
+def tag_metrics(tags: Mapping[str, str], prefix: str = METRIC_PREFIX) -> dict[str, float]:
+    """The metrics stored under `prefix` in version tags."""
+    return {key.removeprefix(prefix): float(value) for key, value in tags.items() if key.startswith(prefix)}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- logging and registering models --------------------------------------------------------
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged model (given, so MLflow does not infer them: ~9 s)."""
+    return [
+        f"{package}=={importlib.metadata.version(package)}"
+        for package in ("torch", "torchvision", "numpy", "scikit-learn")
+    ]
+
+
+def example_batch(checkpoint: Checkpoint, inputs: torch.Tensor | None = None) -> np.ndarray:
+    """Float32 inputs in [0, 1] for the signature: `inputs` (a few test rows) or zeros."""
+    if inputs is None:
+        inputs = torch.zeros(2, *checkpoint.metadata["input_shape"])
+    return as_float(inputs.cpu()).numpy()
+
+
+def log_checkpoint_model(
+    checkpoint_path: str | Path, example_inputs: torch.Tensor | None = None
+) -> tuple[ModelInfo, Classifier]:
+    """Log a checkpoint's model (signature, input example, the checkpoint itself) to the active run."""
+    tracking.active_run_id()
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = restore_model(checkpoint).eval()
+    example = example_batch(checkpoint, example_inputs)
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=infer_signature(example, outputs),
+        input_example=example,
+        pip_requirements=model_requirements(),
+        extra_files=[str(checkpoint_path)],
+        serialization_format=SERIALIZATION,
+    )
+    return info, model
+
+
+def _ensure_registered_model(store: MlflowClient, name: str, tags: Mapping[str, str]) -> None:
+    try:
+        store.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        store.create_registered_model(
+            name,
+            tags=tracking.sanitize(tags),
+            description=(
+                "Image classifier and its unlearned versions; aliases: candidate (awaiting review), "
+                "champion (in service)."
+            ),
+        )
+
+
+def register_version(
+    name: str,
+    source: str,
+    tags: Mapping[str, str],
+    *,
+    run_id: str | None = None,
+    model_id: str | None = None,
+    description: str = "",
+    store: MlflowClient | None = None,
+) -> ModelVersion:
+    """A new version of registered model `name` (created if new), its tags set at creation.
+
+    Args:
+        source: the logged model's URI (`ModelInfo.model_uri`, `models:/m-...`).
+        model_id: the logged model's id, linking the version to it (MLflow 3).
+    """
+    store = store or tracking.client()
+    _ensure_registered_model(store, name, {k: tags[k] for k in ("dataset", "arch") if k in tags})
+    clean = tracking.sanitize(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
+    return store.create_model_version(
+        name, source, run_id=run_id, tags=clean, description=description, model_id=model_id
+    )
+
+
+def _register_checkpoint(
+    checkpoint_path: str | Path,
+    kind: str,
+    tags: Mapping[str, str],
+    description: str,
+    example_inputs: torch.Tensor | None,
+) -> ModelVersion:
+    """Log and register a checkpoint inside the active run (or a new `register` run)."""
+    meta = load_checkpoint(checkpoint_path).metadata
+    name = model_name(meta["dataset"], meta["arch"])
+    run = (
+        nullcontext()
+        if mlflow.active_run()
+        else tracking.start_run("register", f"register-{kind}", tags={"dataset": meta["dataset"], "arch": meta["arch"]})
+    )
+    with run:
+        info, model = log_checkpoint_model(checkpoint_path, example_inputs)
+        all_tags = {
+            KIND_TAG: kind,
+            "dataset": meta["dataset"],
+            "arch": meta["arch"],
+            SPARSITY_TAG: f"{sparsity(model):.4f}",
+            CHECKPOINT_TAG: _file_sha256(Path(checkpoint_path)),
+            **tags,
+        }
+        return register_version(
+            name,
+            info.model_uri,
+            all_tags,
+            run_id=info.run_id,
+            model_id=info.model_id,
+            description=description,
+        )
+
+
+def register_original(
+    checkpoint_path: str | Path,
+    metrics: Mapping[str, float] | None = None,
+    *,
+    example_inputs: torch.Tensor | None = None,
+    parent_version: str | None = None,
+    champion: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> ModelVersion:
+    """Register an original model (dense, or sparse with `parent_version` its dense original).
+
+    Args:
+        metrics: its TA (and whatever else was measured), kept as `metrics.*` tags.
+        champion: make it the first champion; refused if the registered model has one.
+    """
+    if champion:
+        meta = load_checkpoint(checkpoint_path).metadata
+        _require_no_champion(model_name(meta["dataset"], meta["arch"]))
+    version_tags = {**metric_tags(metrics or {}), **(tags or {})}
+    if parent_version is not None:
+        version_tags[PARENT_TAG] = str(parent_version)
+    version = _register_checkpoint(
+        checkpoint_path, ORIGINAL, version_tags, "Original model (before any unlearning).", example_inputs
+    )
+    if champion:
+        _bootstrap_champion(version)
+    return version
+
+
+def register_unlearned(
+    checkpoint_path: str | Path,
+    lineage: Lineage,
+    metrics: Mapping[str, float],
+    *,
+    example_inputs: torch.Tensor | None = None,
+    retrain_metrics: Mapping[str, float] | None = None,
+    retrain_version: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> ModelVersion:
+    """Register an unlearned model tagged with the requests it forgot, and alias it `candidate`.
+
+    Args:
+        metrics: UA (on the batch's forget set), MIA_efficacy, RA, TA, RTE_seconds, ...
+        retrain_metrics / retrain_version: the retrained reference, where the policy asks for one.
+    """
+    version_tags = {**lineage.tags(), **metric_tags(metrics), **(tags or {})}
+    version_tags.update(metric_tags(retrain_metrics or {}, RETRAIN_PREFIX))
+    if retrain_version is not None:
+        version_tags[RETRAIN_VERSION_TAG] = str(retrain_version)
+    description = (
+        f"Unlearned with {lineage.method} from version {lineage.parent_version}; forgets "
+        f"{len(lineage.request_ids)} request(s) of batch {lineage.batch_id}."
+    )
+    version = _register_checkpoint(checkpoint_path, UNLEARNED, version_tags, description, example_inputs)
+    tracking.client().set_registered_model_alias(version.name, CANDIDATE, str(version.version))
+    return version
+
+
+# --- reading the registry ------------------------------------------------------------------
+
+
+def get_version(name: str, version: str | int, store: MlflowClient | None = None) -> ModelVersion:
+    """Version `version` of `name`; a `VersionNotFoundError` saying what exists otherwise."""
+    store = store or tracking.client()
+    try:
+        return store.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        raise VersionNotFoundError(
+            f"{name} has no version {version}: see `unlearn history` or the MLflow UI for its versions"
+        ) from None
+
+
+def version_by_alias(name: str, alias: str, store: MlflowClient | None = None) -> ModelVersion | None:
+    """The version `alias` points at, or None if the alias (or the registered model) is not set."""
+    store = store or tracking.client()
+    try:
+        return store.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def model_uri(name: str, alias: str = CHAMPION) -> str:
+    """`models:/<name>@<alias>`: what `mlflow.pytorch.load_model` loads."""
+    return f"models:/{name}@{alias}"
+
+
+def load_model(name: str, alias: str = CHAMPION) -> torch.nn.Module:
+    """The model an alias points at, on the CPU (an exported graph: always in eval mode)."""
+    if version_by_alias(name, alias) is None:
+        raise VersionNotFoundError(f"{name} has no alias {alias!r}: register or promote a version first")
+    return mlflow.pytorch.load_model(model_uri(name, alias), map_location="cpu")
+
+
+# --- review and promotion ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One promotion gate: its rule, the value measured, and whether it passed."""
+
+    name: str
+    rule: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+    def line(self) -> str:
+        """`PASS  UA 98.50 >= 90.00` style."""
+        shown = "n/a" if self.value is None else f"{self.value:.2f}"
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name:<13} {shown:>8}  ({self.rule})"
+
+
+@dataclass(frozen=True)
+class Review:
+    """A version against the champion (and a retrained reference) with its gate results."""
+
+    model: str
+    version: str
+    champion: str | None
+    metrics: dict[str, dict[str, float | None]]  # metric -> {"version", "champion", "retrain"}
+    gates: tuple[GateResult, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    @property
+    def failed(self) -> tuple[GateResult, ...]:
+        return tuple(gate for gate in self.gates if not gate.passed)
+
+    def render(self) -> str:
+        """A plain-text table for the terminal."""
+
+        def cell(value: float | None) -> str:
+            return f"{value:>10.2f}" if value is not None else f"{'-':>10}"
+
+        champion = f"v{self.champion}" if self.champion else "none"
+        requests = self.tags.get(REQUEST_IDS_TAG, "-").replace(",", ", ")
+        lines = [
+            f"{self.model}: version {self.version} vs champion {champion}",
+            f"  method {self.tags.get(METHOD_TAG, '-')}, sparsity {self.tags.get(SPARSITY_TAG, '-')}, "
+            f"parent v{self.tags.get(PARENT_TAG, '-')}, batch {self.tags.get(BATCH_TAG, '-')}",
+            f"  requests ({self.tags.get(REQUEST_COUNT_TAG, '0')}): {requests}",
+            f"  {'metric':<13}{'v' + self.version:>10}{'champion':>10}{'retrain':>10}",
+        ]
+        lines += [
+            f"  {name:<13}{cell(row['version'])}{cell(row['champion'])}{cell(row['retrain'])}"
+            for name, row in self.metrics.items()
+        ]
+        lines.append("  gates:")
+        lines += [f"    {gate.line()}" for gate in self.gates]
+        lines.append(f"  verdict: {'promotable' if self.passed else 'NOT promotable'}")
+        return "\n".join(lines)
+
+
+def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, float]:
+    """The retrained reference: `retrain.*` tags, else the `metrics.*` of `retrain_version`."""
+    reference = tag_metrics(version.tags, RETRAIN_PREFIX)
+    if reference or RETRAIN_VERSION_TAG not in version.tags:
+        return reference
+    return tag_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store).tags)
+
+
+def check_gates(
+    candidate: Mapping[str, float], champion: Mapping[str, float] | None, gates: GateParams
+) -> tuple[GateResult, ...]:
+    """The promotion gates: TA drop vs the champion, UA on the batch's forget set, MIA-efficacy."""
+    ta, champion_ta = candidate.get("TA"), (champion or {}).get("TA")
+    drop = None if ta is None or champion_ta is None else champion_ta - ta
+    ua, mia = candidate.get("UA"), candidate.get("MIA_efficacy")
+    return (
+        GateResult(
+            "TA_drop",
+            f"champion TA - TA <= {gates.max_ta_drop:.2f}",
+            drop,
+            gates.max_ta_drop,
+            drop is not None and drop <= gates.max_ta_drop,
+        ),
+        GateResult("UA", f"UA >= {gates.min_ua:.2f}", ua, gates.min_ua, ua is not None and ua >= gates.min_ua),
+        GateResult(
+            "MIA_efficacy",
+            f"MIA_efficacy >= {gates.min_mia_efficacy:.2f}",
+            mia,
+            gates.min_mia_efficacy,
+            mia is not None and mia >= gates.min_mia_efficacy,
+        ),
+    )
+
+
+def review(
+    version: str | int | None = None,
+    *,
+    name: str,
+    gates: GateParams | None = None,
+    store: MlflowClient | None = None,
+) -> Review:
+    """Compare `version` (default: the candidate) with the champion and check the gates."""
+    store = store or tracking.client()
+    if version is None:
+        candidate = version_by_alias(name, CANDIDATE, store)
+        if candidate is None:
+            raise VersionNotFoundError(
+                f"{name} has no {CANDIDATE!r} version: register an unlearned model first, or name one with --version"
+            )
+    else:
+        candidate = get_version(name, version, store)
+    champion = version_by_alias(name, CHAMPION, store)
+    ours, theirs = tag_metrics(candidate.tags), tag_metrics(champion.tags) if champion else None
+    retrain = _retrain_metrics(candidate, store)
+    table = {
+        metric: {
+            "version": ours.get(metric),
+            "champion": (theirs or {}).get(metric),
+            "retrain": retrain.get(metric),
+        }
+        for metric in REVIEW_METRICS
+    }
+    results = check_gates(ours, theirs, gates or load_gates())
+    return Review(
+        name,
+        str(candidate.version),
+        str(champion.version) if champion else None,
+        table,
+        results,
+        dict(candidate.tags),
+    )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A completed promotion, as recorded on the version."""
+
+    model: str
+    version: str
+    previous: str | None
+    reviewer: str
+    time: str
+    reason: str
+    forced: bool
+    gates: tuple[GateResult, ...]
+
+
+def _promotion_tags(promotion: Promotion) -> dict[str, str]:
+    gates = {g.name: {"passed": g.passed, "value": g.value, "threshold": g.threshold} for g in promotion.gates}
+    return {
+        f"{PROMOTION_PREFIX}reviewer": promotion.reviewer,
+        f"{PROMOTION_PREFIX}time": promotion.time,
+        f"{PROMOTION_PREFIX}reason": promotion.reason,
+        f"{PROMOTION_PREFIX}forced": str(promotion.forced).lower(),
+        f"{PROMOTION_PREFIX}gates": json.dumps(gates, sort_keys=True),
+        f"{PROMOTION_PREFIX}previous_champion": promotion.previous or "",
+    }
+
+
+def _record_and_move(promotion: Promotion, store: MlflowClient) -> None:
+    """Tag the version with its promotion record, then move `champion` (and retire `candidate`)."""
+    for key, value in tracking.sanitize(_promotion_tags(promotion)).items():
+        store.set_model_version_tag(promotion.model, promotion.version, key, value)
+    store.set_registered_model_alias(promotion.model, CHAMPION, promotion.version)
+    candidate = version_by_alias(promotion.model, CANDIDATE, store)
+    if candidate is not None and str(candidate.version) == promotion.version:
+        store.delete_registered_model_alias(promotion.model, CANDIDATE)
+
+
+def promote(
+    version: str | int,
+    reviewer: str,
+    reason: str | None = None,
+    force: bool = False,
+    *,
+    name: str,
+    gates: GateParams | None = None,
+    store: MlflowClient | None = None,
+) -> Promotion:
+    """Make `version` the champion if it passes the gates (or `force` with a reason); record who and why."""
+    store = store or tracking.client()
+    if not reviewer.strip():
+        raise PromotionError("a promotion needs a reviewer: pass --reviewer NAME")
+    if force and not (reason or "").strip():
+        raise PromotionError("a forced promotion needs a reason: pass --reason TEXT with --force")
+    result = review(version, name=name, gates=gates, store=store)
+    if result.champion == result.version:
+        raise PromotionError(f"{name} version {result.version} is already the champion")
+    if result.failed and not force:
+        names = ", ".join(gate.name for gate in result.failed)
+        details = "; ".join(gate.line() for gate in result.failed)
+        raise GateFailedError(
+            f"{name} version {result.version} fails gates {names}: {details}. "
+            "Fix the model, or pass --force with --reason to override.",
+            result.failed,
+        )
+    promotion = Promotion(
+        name,
+        result.version,
+        result.champion,
+        reviewer.strip(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        (reason or "").strip(),
+        force,
+        result.gates,
+    )
+    _record_and_move(promotion, store)
+    log.info(
+        "%s: champion v%s -> v%s by %s%s",
+        name,
+        promotion.previous,
+        promotion.version,
+        promotion.reviewer,
+        " (forced)" if force else "",
+    )
+    return promotion
+
+
+def _require_no_champion(name: str) -> None:
+    current = version_by_alias(name, CHAMPION)
+    if current is not None:
+        raise PromotionError(
+            f"{name} already has champion v{current.version}: register the original without "
+            "champion=True and promote it with `unlearn promote` instead"
+        )
+
+
+def _bootstrap_champion(version: ModelVersion) -> None:
+    """Make an original the first champion of its registered model (no gates: nothing was forgotten)."""
+    _require_no_champion(version.name)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    first = Promotion(version.name, str(version.version), None, "registry", now, "first champion", False, ())
+    _record_and_move(first, tracking.client())
+
+
+# --- history -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One version in the champion's lineage and the requests it forgot."""
+
+    version: str
+    kind: str
+    method: str
+    request_ids: tuple[str, ...]
+    batch_id: str
+    promoted_at: str
+    reviewer: str
+    forced: bool
+    aliases: tuple[str, ...]
+
+    def line(self) -> str:
+        """`v3  unlearned  l1_sparse  batch b-2  promoted ... by ana  requests: r1, r2` style."""
+        promoted = (
+            f"promoted {self.promoted_at} by {self.reviewer}{' (FORCED)' if self.forced else ''}"
+            if self.promoted_at
+            else "never promoted"
+        )
+        aliases = f" [{', '.join(self.aliases)}]" if self.aliases else ""
+        requests = ", ".join(self.request_ids) or "-"
+        return (
+            f"v{self.version}{aliases}  {self.kind}  {self.method or '-'}  batch {self.batch_id or '-'}  "
+            f"{promoted}  requests: {requests}"
+        )
+
+
+def _entry(version: ModelVersion) -> HistoryEntry:
+    tags = version.tags
+    requests = tuple(r for r in tags.get(REQUEST_IDS_TAG, "").split(",") if r)
+    return HistoryEntry(
+        str(version.version),
+        tags.get(KIND_TAG, "?"),
+        tags.get(METHOD_TAG, ""),
+        requests,
+        tags.get(BATCH_TAG, ""),
+        tags.get(f"{PROMOTION_PREFIX}time", ""),
+        tags.get(f"{PROMOTION_PREFIX}reviewer", ""),
+        tags.get(f"{PROMOTION_PREFIX}forced") == "true",
+        tuple(version.aliases),
+    )
+
+
+def history(name: str, store: MlflowClient | None = None) -> list[HistoryEntry]:
+    """The champion's lineage, newest first: follow `parent_version` (else the previous champion)."""
+    store = store or tracking.client()
+    current = version_by_alias(name, CHAMPION, store)
+    entries: list[HistoryEntry] = []
+    seen: set[str] = set()
+    while current is not None and str(current.version) not in seen:
+        seen.add(str(current.version))
+        entries.append(_entry(current))
+        parent = current.tags.get(PARENT_TAG) or current.tags.get(f"{PROMOTION_PREFIX}previous_champion")
+        current = get_version(name, parent, store) if parent else None
+    return entries
+
+
+def render_history(name: str, entries: Sequence[HistoryEntry]) -> str:
+    """The lineage as text, with every request the champion has forgotten."""
+    if not entries:
+        return f"{name}: no champion yet"
+    forgotten = sorted({r for entry in entries for r in entry.request_ids})
+    lines = [f"{name}: champion v{entries[0].version}, lineage newest first"]
+    lines += [f"  {entry.line()}" for entry in entries]
+    lines.append(
+        f"  the champion has forgotten {len(forgotten)} request(s)" + (f": {', '.join(forgotten)}" if forgotten else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,358 @@
+"""MLflow tracking: one run per train, prune, unlearn and evaluate step, with what made it.
+
+A run records its flattened configuration (params), per-epoch and final metrics, the split
+manifests it read (dataset inputs with contexts retain / forget / test and their digests),
+tags (git commit, DVC data digests, data set, architecture, device) and artefacts.
+
+Where it goes is configuration only:
+  MLFLOW_TRACKING_URI    default `sqlite:///<cwd>/mlflow.db`; a server URI in production
+  UNLEARN_ARTIFACT_ROOT  default `mlartifacts/` beside the sqlite file (or in the working
+                         folder); `s3://bucket/prefix` in production (boto3; set
+                         MLFLOW_S3_ENDPOINT_URL for an S3-compatible server). With a server
+                         URI and no root, the server's `--artifacts-destination` decides.
+  MLFLOW_EXPERIMENT_NAME default `unlearn`
+Nothing credential-like is ever logged: see `sanitize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from tasks.params import flatten
+from unlearn.errors import ConfigError, UnlearnError
+from unlearn.splits import Manifest, Split
+from unlearn.train import History
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "mlflow.db"
+DEFAULT_ARTIFACT_FOLDER = "mlartifacts"
+DEFAULT_EXPERIMENT = "unlearn"
+ARTIFACT_ROOT_ENV = "UNLEARN_ARTIFACT_ROOT"
+RUN_KINDS = (
+    "prepare",
+    "split",
+    "validate",
+    "train",
+    "prune",
+    "unlearn",
+    "evaluate",
+    "register",
+    "report",
+    "tune",
+)
+SPLIT_CONTEXTS = ("retain", "forget", "test")
+
+KIND_TAG = "unlearn.kind"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the tag the MLflow UI shows as the source version
+GIT_DIRTY_TAG = "git.dirty"
+# MLflow's dataset digest column holds 36 characters; the full sha256 goes in an input tag.
+DATASET_DIGEST_LENGTH = 32
+_BATCH = 1000  # MLflow's limits per log_batch call: metrics, and params plus tags
+_PARAMS_BATCH = 100
+
+
+class TrackingError(UnlearnError, RuntimeError):
+    """The tracking store cannot be reached or refuses what is logged to it."""
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or a sqlite database `mlflow.db` in the working folder."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{Path(DEFAULT_DATABASE).resolve()}"
+
+
+def _sqlite_folder(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent
+
+
+def artifact_location(experiment: str, uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artefacts; None lets a tracking server decide."""
+    uri = uri or tracking_uri()
+    root = os.environ.get(ARTIFACT_ROOT_ENV, "").strip()
+    if root:
+        return f"{root.rstrip('/')}/{experiment}"
+    if urlparse(uri).scheme in ("http", "https", "databricks"):
+        return None
+    folder = _sqlite_folder(uri) or Path.cwd()
+    return (folder / DEFAULT_ARTIFACT_FOLDER / experiment).as_uri()
+
+
+def experiment_name() -> str:
+    """MLFLOW_EXPERIMENT_NAME, or `unlearn`."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
+
+
+def client() -> MlflowClient:
+    """A client of the configured tracking store (the registry lives in the same store)."""
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def ensure_experiment(name: str | None = None) -> str:
+    """Point MLflow at the configured store and return the id of experiment `name`, creating it."""
+    name = name or experiment_name()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    store = MlflowClient(tracking_uri=uri)
+    try:
+        existing = store.get_experiment_by_name(name)
+        if existing is not None and existing.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments "
+                f"restore --experiment-id {existing.experiment_id}`) or set MLFLOW_EXPERIMENT_NAME"
+            )
+        if existing is not None:
+            return existing.experiment_id
+        return store.create_experiment(name, artifact_location=artifact_location(name, uri))
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # created meanwhile
+            return store.get_experiment_by_name(name).experiment_id
+        raise TrackingError(f"MLflow store {redact(uri)} refused experiment {name!r}: {error}") from error
+
+
+# --- sanitising ----------------------------------------------------------------------------
+
+SECRET_KEY = re.compile(r"secret|passw(or)?d|token|key|credential", re.IGNORECASE)
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/\s@:]*:[^/\s@]*@", re.IGNORECASE)
+_AWS_ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+REDACTED = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a param or tag name suggests a credential (secret, password, token, key, ...)."""
+    return bool(SECRET_KEY.search(key))
+
+
+def redact(value: str) -> str:
+    """`value` with URI user:password parts, AWS access key ids and private keys blanked out."""
+    value = _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", value)
+    value = _AWS_ACCESS_KEY_ID.sub(REDACTED, value)
+    return _PRIVATE_KEY.sub(REDACTED, value)
+
+
+def sanitize(values: Mapping[str, Any], limit: int = MAX_TAG_VAL_LENGTH) -> dict[str, str]:
+    """Params or tags as strings fit to log: credential-like keys dropped, values redacted.
+
+    Args:
+        limit: the longest value the store takes; longer values are cut (and say so).
+    """
+    dropped = sorted(key for key in values if is_secret_key(key))
+    if dropped:
+        log.warning("not logging credential-like keys: %s", ", ".join(dropped))
+    clean = {}
+    for key, value in values.items():
+        if key in dropped:
+            continue
+        text = redact(str(value))
+        clean[key] = text if len(text) <= limit else text[: limit - 12] + "...[cut]"
+    return clean
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def git_commit(folder: Path | None = None) -> dict[str, str]:
+    """Tags naming the git commit of the code (and whether it had local changes); {} outside git."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(status.strip())).lower()}
+
+
+def run_tags(
+    kind: str,
+    *,
+    dataset: str | None = None,
+    arch: str | None = None,
+    device: str | None = None,
+    data_digests: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The tags every run carries: its kind, git commit, data set, architecture, device, DVC digests."""
+    tags = {KIND_TAG: kind, **git_commit()}
+    for key, value in (("dataset", dataset), ("arch", arch), ("device", device)):
+        if value is not None:
+            tags[key] = str(value)
+    tags.update({f"dvc.{path}": digest for path, digest in (data_digests or {}).items()})
+    return tags
+
+
+@contextmanager
+def start_run(
+    kind: str,
+    name: str | None = None,
+    params: Any = None,
+    tags: Mapping[str, Any] | None = None,
+    *,
+    experiment: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """A run of `kind` (train, prune, unlearn, evaluate, ...) with its params and tags logged.
+
+    Nested inside another active run, it becomes that run's child. A run that raises ends FAILED.
+
+    Args:
+        params: a pydantic model, dataclass or dict; flattened to {"a.b": value}.
+        tags: merged over `run_tags(kind)`; see `run_tags` for dataset, arch, device, DVC digests.
+    """
+    if kind not in RUN_KINDS:
+        raise ConfigError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
+    experiment_id = ensure_experiment(experiment)
+    all_tags = sanitize({**run_tags(kind), **(tags or {})})
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=all_tags, nested=nested) as run:
+        if params is not None:
+            log_params(params)
+        yield run
+
+
+def active_run_id() -> str:
+    """The id of the active run; a `TrackingError` outside `start_run`."""
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call this inside `tasks.tracking.start_run(...)`")
+    return run.info.run_id
+
+
+def _log_batch(metrics: Sequence[Metric] = (), params: Sequence[Param] = (), tags: Sequence[RunTag] = ()) -> None:
+    """One request per batch MLflow accepts (1,000 metrics; 100 params and tags)."""
+    run_id = active_run_id()
+    store = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    for start in range(0, len(metrics), _BATCH):
+        store.log_batch(run_id, metrics=list(metrics[start : start + _BATCH]))
+    for start in range(0, max(len(params), len(tags)), _PARAMS_BATCH):
+        store.log_batch(
+            run_id,
+            params=list(params[start : start + _PARAMS_BATCH]),
+            tags=list(tags[start : start + _PARAMS_BATCH]),
+        )
+
+
+def log_params(params: Any) -> dict[str, str]:
+    """Log a pydantic model, dataclass or dict as flattened params; returns what was logged."""
+    flat = sanitize(flatten(params), MAX_PARAM_VAL_LENGTH)
+    _log_batch(params=[Param(key, value) for key, value in flat.items()])
+    return flat
+
+
+def set_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tag the active run (sanitised); returns what was set."""
+    clean = sanitize(tags)
+    _log_batch(tags=[RunTag(key, value) for key, value in clean.items()])
+    return clean
+
+
+def log_history(history: History, prefix: str = "") -> None:
+    """Per-epoch loss, accuracy, lr and seconds (step = epoch), and the total training seconds."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}{name}", float(value), now, record.epoch)
+        for record in history.epochs
+        for name, value in (
+            ("loss", record.loss),
+            ("accuracy", record.accuracy),
+            ("lr", record.lr),
+            ("epoch_seconds", record.seconds),
+        )
+    ]
+    metrics.append(Metric(f"{prefix}train_seconds", float(history.seconds), now, 0))
+    _log_batch(metrics=metrics)
+
+
+def log_evaluation(metrics: Mapping[str, float], prefix: str = "", step: int = 0) -> None:
+    """Final metrics (UA, MIA_efficacy, RA, TA, RTE_seconds, avg_gap, sparsity, ...) of the run."""
+    now = int(time.time() * 1000)
+    _log_batch(metrics=[Metric(f"{prefix}{name}", float(value), now, step) for name, value in metrics.items()])
+
+
+def manifest_frame(manifest: Manifest) -> pd.DataFrame:
+    """A manifest as a DataFrame with columns sample_id, index, label."""
+    return pd.DataFrame(
+        {
+            "sample_id": list(manifest.sample_ids),
+            "index": list(manifest.indices),
+            "label": list(manifest.labels),
+        }
+    )
+
+
+def split_digest_tags(digests: Mapping[str, str]) -> dict[str, str]:
+    """`split.retain.digest`, `split.forget.digest`, `split.test.digest` and `split.digest` (the whole)."""
+    return {"split.digest" if part == "split" else f"split.{part}.digest": value for part, value in digests.items()}
+
+
+def log_split(split: Split, name: str, source: str | Path | None = None) -> dict[str, str]:
+    """Log a split's retain / forget / test manifests as dataset inputs; returns the digest tags.
+
+    Args:
+        name: the split's name (its scenario or batch), used as `<name>/<part>` dataset names.
+        source: the folder the manifests were saved in (`Split.save`), recorded as their source.
+    """
+    tags = {**split_digest_tags(split.digests()), "split.scenario": split.scenario}
+    for part in SPLIT_CONTEXTS:
+        manifest: Manifest = getattr(split, part)
+        digest = manifest.digest()
+        with warnings.catch_warnings():  # local paths match two source types; ids/labels are ints
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+            dataset = mlflow.data.from_pandas(
+                manifest_frame(manifest),
+                source=None if source is None else str(Path(source) / f"{part}.csv"),
+                name=f"{name}/{part}",
+                targets="label",
+                digest=digest[:DATASET_DIGEST_LENGTH],
+            )
+            mlflow.log_input(dataset, context=part, tags={"digest": digest, "split_digest": split.digest()})
+    set_tags(tags)
+    return tags
+
+
+def log_artifacts(paths: Iterable[str | Path], artifact_path: str | None = None) -> list[str]:
+    """Upload files and folders (checkpoint, report, figures) to the active run's artefacts."""
+    active_run_id()
+    logged = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        else:
+            raise TrackingError(f"artefact {path} does not exist: write it before logging it")
+        logged.append(f"{artifact_path}/{path.name}" if artifact_path else path.name)
+    return logged

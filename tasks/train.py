@@ -1,0 +1,51 @@
+"""Stage `train`: the dense original model (theta_o) for each seed, on the whole training set."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from tasks import layout
+from tasks.common import bundle, device, preset, save_model, stage_main, tracked
+from tasks.params import Params, original_recipe
+from unlearn.prune import train_with_rewind
+from unlearn.splits import Manifest
+from unlearn.train import accuracy
+
+
+def train_originals(params: Params, root: str = str(layout.MODELS)) -> list[Path]:
+    """Train one original per seed; keep its rewind-epoch weights for OMP / IMP."""
+    data, chosen = bundle(), device()
+    recipe = replace(preset(params), train=original_recipe(params))
+    train_digest = Manifest.of(data.train, range(len(data.train))).digest()
+    written = []
+    for seed in params.train.seeds:
+        with tracked(params, "train", f"train-seed{seed}", recipe.train, seed=seed) as log:
+            model, rewind_state, history = train_with_rewind(recipe, data, data.train, chosen, seed)
+            test_accuracy = accuracy(model, data.test, chosen)
+            if log:
+                log.log_history(history)
+                log.log_evaluation({"TA": test_accuracy})
+        meta = dict(
+            seed=seed,
+            epochs=recipe.train.epochs,
+            split_digest=train_digest,
+            train_seconds=history.seconds,
+            test_accuracy=test_accuracy,
+        )
+        written.append(save_model(layout.original_path(seed, root), model, params, data, **meta))
+        model.load_state_dict(rewind_state)
+        save_model(
+            layout.rewind_path(seed, root),
+            model,
+            params,
+            data,
+            seed=seed,
+            rewind_epoch=recipe.rewind_epoch,
+            split_digest=train_digest,
+        )
+    return written
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, train_originals)

@@ -1,0 +1,581 @@
+"""`unlearn tune`: an Optuna search for the hyperparameters that make a method forget.
+
+One search = one method, one scenario, one sparsity of one preset. It minimises the average
+gap to Retrain at the same sparsity ("Disparity Ave.", `unlearn.metrics.gap_to_retrain`) on
+a TUNING split: the same kind of forgetting as the reported scenario, on samples the
+reported forget set does not contain, from the same (pruned) original of seed
+`train.seeds[0]`:
+- class_wise: forget the next classes after the reported ones (classes [0] -> [1], [9] ->
+  [0], [0, 1] -> [2, 3]); the reported classes stay in the tuning retain set.
+- random: as many samples as the reported forget set, drawn (seed + 1) from the reported
+  retain set only; the reported forget samples stay in the tuning retain set.
+
+Cost constraint: a trial whose unlearning takes more than `max_cost_share` of Retrain's
+wall time on the tuning split is over budget. It is still evaluated (the comparison table
+shows its gap) but told to Optuna as PRUNED, which TPE ranks below every completed trial,
+and it is never chosen as best. Wall times depend on the machine's load: the Retrain
+reference and the trials should run under the same concurrency (see flows/tune.py).
+
+The search is resumable: the study lives in an Optuna storage (default sqlite `optuna.db`),
+Retrain's reference is computed once and kept in the study's user attributes, and `trials`
+is the total to reach. The first trial of a new study is the method's defaults (preset
+defaults and `unlearn.settings`, without tuned values), so the study holds the comparison.
+The best values are written to params.yaml's `tuned` section (`write_tuned`), where
+`tasks.params.method_config` picks them up for that preset, scenario and sparsity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from tasks import layout
+from tasks.params import PARAMS_FILE, Params, Scenario, method_config
+from unlearn.data import DataBundle, TensorSet
+from unlearn.errors import ConfigError
+from unlearn.masks import Masks
+from unlearn.methods import METHOD_NAMES, run_method
+from unlearn.metrics import HEADLINE_FEATURE, Evaluation, evaluate, gap_to_retrain
+from unlearn.splits import Split, by_ids, class_wise
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_MAX_COST_SHARE = 0.25
+REFERENCE_ATTR = "retrain_reference"
+ROLE_ATTR = "role"  # "defaults" on the enqueued defaults trial
+SIGNIFICANT_DIGITS = 3  # trial values are rounded before they run, so what is written is what ran
+
+
+def _log(low: float, high: float) -> FloatDistribution:
+    return FloatDistribution(low, high, log=True)
+
+
+EPOCHS = IntDistribution(1, 10)  # the paper's 10 epochs at most; fewer fit a tight cost budget
+# The paper's search ranges (PAPER.md section 10): GA lr [1e-5, 1e-1], FT lr [1e-3, 1e-1], FF
+# alpha 1e-9..1e-6, IU alpha [1, 20], l1 gamma [1e-6, 1e-4] (linear decay). RL and SalUn use
+# FT's lr range; SalUn's saliency fraction rho spans the SalUn paper's values.
+SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
+    "ft": {"lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
+    "ga": {"lr": _log(1e-5, 1e-1)},
+    "l1_sparse": {"gamma": _log(1e-6, 1e-4), "lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
+    "ff": {"alpha": _log(1e-9, 1e-6)},
+    "iu": {"alpha": _log(1.0, 20.0)},
+    "rl": {"lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
+    "salun": {"lr": _log(1e-3, 1e-1), "rho": FloatDistribution(0.1, 0.9), "epochs": EPOCHS},
+}
+# digits (131k parameters, 8x8 inputs) needs larger values than CIFAR's ResNet-18. Its ||theta||_1
+# is ~100x smaller, so l1 forgets from gamma ~1e-3 (measured: 5e-3): gamma's range moves up to
+# [1e-5, 3e-2] (1e-6 does nothing here). The other ranges only widen: FF forgets without the head
+# reset around 1e-6..1e-5; FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so FT,
+# RL and SalUn may go up to lr 0.2-0.5, where fine-tuning starts to overwrite what theta_o knew.
+PRESET_SEARCH_SPACES: dict[str, dict[str, dict[str, BaseDistribution]]] = {
+    "digits": {
+        "ft": {"lr": _log(1e-3, 0.5)},
+        "l1_sparse": {"gamma": _log(1e-5, 3e-2), "lr": _log(1e-3, 0.2)},
+        "ff": {"alpha": _log(1e-9, 1e-5)},
+        "rl": {"lr": _log(1e-3, 0.2)},
+        "salun": {"lr": _log(1e-3, 0.2)},
+    }
+}
+
+
+def search_space(method: str, preset: str) -> dict[str, BaseDistribution]:
+    """The distributions searched for `method` under `preset`: the paper's, widened where documented."""
+    if method not in SEARCH_SPACES:
+        tunable = ", ".join(SEARCH_SPACES)
+        raise ConfigError(f"method {method!r} has no search space; tunable methods: {tunable}")
+    return {**SEARCH_SPACES[method], **PRESET_SEARCH_SPACES.get(preset, {}).get(method, {})}
+
+
+# --- the tuning split -----------------------------------------------------------------------
+
+
+def tuning_classes(classes: Sequence[int], num_classes: int) -> list[int]:
+    """As many classes as `classes`, the next ones after them (wrapping round), none of them."""
+    reported = set(classes)
+    if 2 * len(reported) > num_classes:
+        raise ConfigError(f"cannot tune on classes disjoint from {sorted(reported)}: only {num_classes} classes")
+    start = max(reported) + 1
+    candidates = [(start + step) % num_classes for step in range(num_classes)]
+    return sorted([c for c in candidates if c not in reported][: len(reported)])
+
+
+def tuning_split(data: DataBundle, scenario: Scenario) -> Split:
+    """The split a search tunes on: `scenario`'s kind of forgetting, disjoint from its forget set."""
+    if scenario.kind == "class_wise":
+        return class_wise(data, tuning_classes(scenario.classes, data.num_classes))
+    count = int(round(len(data.train) * scenario.fraction))
+    reported = np.random.RandomState(scenario.seed).choice(len(data.train), count, replace=False)
+    pool = np.setdiff1d(np.arange(len(data.train)), reported)
+    chosen = np.random.RandomState(scenario.seed + 1).choice(pool, count, replace=False)
+    return replace(by_ids(data, [data.train.ids[i] for i in sorted(chosen)]), scenario="random")
+
+
+# --- one search problem and its trials -------------------------------------------------------
+
+
+@dataclass
+class TuningProblem:
+    """Everything a trial needs: the (pruned) original, its masks, the tuning sets and base configs.
+
+    Args:
+        base_config: the method's config without tuned values; trials replace the searched keys.
+        retrain_config: Retrain's config (the reference).
+        fingerprint: names the original and the tuning split; a resumed study must match it.
+    """
+
+    method: str
+    preset: str
+    model: nn.Module
+    masks: Masks | None
+    retain_set: TensorSet
+    forget_set: TensorSet
+    test_set: TensorSet
+    base_config: Any
+    retrain_config: Any
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fingerprint: str = ""
+
+    def space(self) -> dict[str, BaseDistribution]:
+        return search_space(self.method, self.preset)
+
+    def defaults(self) -> dict[str, Any]:
+        """The base config's values of the searched settings (the defaults trial)."""
+        return {name: getattr(self.base_config, name) for name in self.space()}
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 over the model's state (weights, buffers), in key order."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def make_problem(
+    method: str,
+    preset: str,
+    model: nn.Module,
+    split: Split,
+    data: DataBundle,
+    base_config,
+    retrain_config,
+    *,
+    masks: Masks | None = None,
+    device: torch.device | None = None,
+) -> TuningProblem:
+    """A problem from an original model and a tuning split of `data`."""
+    search_space(method, preset)  # fails early for an untunable method
+    fingerprint = hashlib.sha256(f"{model_digest(model)}\n{split.digest()}".encode()).hexdigest()
+    return TuningProblem(
+        method, preset, model, masks, split.retain_set(data), split.forget_set(data), split.test_set(data),
+        base_config, retrain_config, device or torch.device("cpu"), fingerprint,
+    )  # fmt: skip
+
+
+def measure(problem: TuningProblem, method: str, config) -> Evaluation:
+    """Run `method` with `config` on the tuning split and evaluate it (headline MIA feature only)."""
+    result = run_method(
+        method, problem.model, problem.retain_set, problem.forget_set, problem.device,
+        masks=problem.masks, config=config,
+    )  # fmt: skip
+    sets = (problem.retain_set, problem.forget_set, problem.test_set)
+    return evaluate(result.model, *sets, problem.device, seconds=result.seconds, features=(HEADLINE_FEATURE,))
+
+
+def retrain_reference(problem: TuningProblem) -> dict[str, float]:
+    """Retrain's metrics and wall time (RTE_seconds) on the tuning split: the search's reference."""
+    return measure(problem, "retrain", problem.retrain_config).as_dict()
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial measured. `cost_share` = its unlearning seconds / Retrain's."""
+
+    values: dict[str, Any]
+    metrics: dict[str, float]
+    gap: float
+    cost_share: float
+
+    def within(self, max_cost_share: float) -> bool:
+        return self.cost_share <= max_cost_share
+
+
+def run_trial(problem: TuningProblem, reference: Mapping[str, float], values: Mapping[str, Any]) -> TrialResult:
+    """Unlearn with the base config's searched settings replaced by `values`; gap and cost to Retrain."""
+    config = replace(problem.base_config, **values)
+    evaluation = measure(problem, problem.method, config)
+    retrain = Evaluation.from_dict(reference)
+    gap = gap_to_retrain(evaluation, retrain)
+    return TrialResult(dict(values), evaluation.as_dict(), gap, evaluation.rte_seconds / retrain.rte_seconds)
+
+
+# --- the study ----------------------------------------------------------------------------
+
+
+def study_name(method: str, preset: str, scenario: str, sparsity: float) -> str:
+    """`ft-digits-class_wise-s0.95`: one study per method, preset, scenario and sparsity."""
+    return f"{method}-{preset}-{scenario}-{layout.sparsity_tag(sparsity)}"
+
+
+def open_study(name: str, storage: str = DEFAULT_STORAGE, seed: int = 0) -> optuna.Study:
+    """Create or load (resume) the study `name`: seeded TPE, minimising the average gap."""
+    # Five random start-up trials instead of ten: searches here are 10-40 trials long.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
+    return optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+    )
+
+
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that ran to the end: completed, or pruned for being over the cost budget."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Mark trials an interrupted search left RUNNING as FAIL and queue their values again.
+
+    Only one process may resume a study at a time: a trial another process is running
+    would be failed and repeated.
+    """
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.enqueue_trial(dict(trial.params), user_attrs=dict(trial.user_attrs))
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def check_fingerprint(study: optuna.Study, problem: TuningProblem) -> None:
+    """Stamp a new study with the problem's fingerprint; refuse to resume one made on another."""
+    stamped = study.user_attrs.get("fingerprint")
+    if stamped is None:
+        study.set_user_attr("fingerprint", problem.fingerprint)
+        study.set_user_attr("method", problem.method)
+        study.set_user_attr("preset", problem.preset)
+    elif stamped != problem.fingerprint:
+        raise ConfigError(
+            f"study {study.study_name!r} was run on another original model or tuning split: "
+            "delete it (optuna delete-study) or use another --storage"
+        )
+
+
+def rounded(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Floats to `SIGNIFICANT_DIGITS` significant digits (what params.yaml will hold); ints as they are."""
+    return {k: float(f"{v:.{SIGNIFICANT_DIGITS}g}") if isinstance(v, float) else v for k, v in values.items()}
+
+
+Execute = Callable[[Callable[..., Any], list[tuple]], list[Any]]
+
+
+def run_inline(function: Callable[..., Any], calls: list[tuple]) -> list[Any]:
+    """Run each call here, one after the other (flows/tune.py fans them out as Prefect tasks)."""
+    return [function(*arguments) for arguments in calls]
+
+
+def reference_of(study: optuna.Study, problem: TuningProblem, execute: Execute = run_inline) -> dict[str, float]:
+    """Retrain's reference of the study: computed once, then read from the study's user attributes."""
+    reference = study.user_attrs.get(REFERENCE_ATTR)
+    if reference is None:
+        (reference,) = execute(retrain_reference, [(problem,)])
+        study.set_user_attr(REFERENCE_ATTR, reference)
+    return reference
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, max_cost_share: float) -> FrozenTrial:
+    """Record a result: COMPLETE with its gap, or PRUNED (gap kept as an attribute) when over budget."""
+    trial.set_user_attr("values", result.values)
+    trial.set_user_attr("gap", result.gap)
+    trial.set_user_attr("cost_share", result.cost_share)
+    trial.set_user_attr("metrics", {k: result.metrics[k] for k in ("UA", "MIA_efficacy", "RA", "TA")})
+    if result.within(max_cost_share):
+        return study.tell(trial, result.gap)
+    return study.tell(trial, state=TrialState.PRUNED)
+
+
+def search(
+    study: optuna.Study,
+    problem: TuningProblem,
+    trials: int,
+    *,
+    max_cost_share: float = DEFAULT_MAX_COST_SHARE,
+    parallel: int = 1,
+    execute: Execute = run_inline,
+    enqueue_defaults: bool = True,
+    on_trial: Callable[[FrozenTrial, TrialResult], None] | None = None,
+) -> optuna.Study:
+    """Run trials until the study has `trials` finished ones, `parallel` at a time (ask, run, tell).
+
+    Args:
+        execute: runs a batch of calls and returns their results in order (inline, or Prefect tasks).
+        enqueue_defaults: make the defaults the first trial of a new study.
+        on_trial: called with each told trial and its result (MLflow logging).
+    """
+    if parallel < 1 or trials < 1:
+        raise ConfigError(f"trials and parallel must be at least 1, got {trials} and {parallel}")
+    check_fingerprint(study, problem)
+    requeue_interrupted(study)
+    if enqueue_defaults and not study.trials:
+        study.enqueue_trial(problem.defaults(), user_attrs={ROLE_ATTR: "defaults"})
+    reference = reference_of(study, problem, execute)
+    space = problem.space()
+    while (remaining := trials - len(finished(study))) > 0:
+        asked = [study.ask(space) for _ in range(min(parallel, remaining))]
+        values = [rounded(trial.params) for trial in asked]
+        try:
+            results = execute(run_trial, [(problem, reference, chosen) for chosen in values])
+        except Exception as error:  # a trial that raises is a bug to see, not a value to resume into
+            for trial in asked:
+                trial.set_user_attr("error", repr(error)[:500])
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        for trial, result in zip(asked, results, strict=True):
+            told = tell(study, trial, result, max_cost_share)
+            log.info("trial %d %s: gap %.2f, cost %.2f x Retrain (%s)", told.number, result.values,
+                     result.gap, result.cost_share, told.state.name)  # fmt: skip
+            if on_trial is not None:
+                on_trial(told, result)
+    return study
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed (within budget) trial with the smallest gap; None if there is none."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda trial: trial.value) if done else None
+
+
+def defaults_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The enqueued defaults trial, if it ran."""
+    for trial in finished(study):
+        if trial.user_attrs.get(ROLE_ATTR) == "defaults":
+            return trial
+    return None
+
+
+# --- params.yaml's `tuned` section ---------------------------------------------------------
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    handler = YAML()  # round-trip: comments, key order and quoting survive
+    handler.preserve_quotes = True
+    handler.width = 4096
+    handler.representer.add_representer(float, _represent_float)
+    handler.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return handler
+
+
+def _represent_float(representer, value: float):
+    # PyYAML (yaml.safe_load, YAML 1.1) reads `1e-07` as a string: always write a mantissa dot.
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _child(mapping, key: str):
+    """The block-style mapping under `key`, created (or turned from `{}` to block style) as needed."""
+    from ruamel.yaml.comments import CommentedMap
+
+    if not isinstance(mapping.get(key), dict):
+        mapping[key] = CommentedMap()
+    mapping[key].fa.set_block_style()
+    return mapping[key]
+
+
+def write_tuned(
+    path: str | Path,
+    method: str,
+    preset: str,
+    scenario: str,
+    sparsity: float,
+    values: Mapping[str, Any],
+    note: str | None = None,
+) -> Path:
+    """Set `tuned.<method>.<preset>.<scenario>.<s0.95>` in params.yaml to `values`, keeping the rest.
+
+    Args:
+        note: an end-of-line comment on the entry (the gaps, the number of trials).
+    """
+    from ruamel.yaml.comments import CommentedMap
+
+    path = Path(path)
+    handler = _yaml()
+    document = handler.load(path.read_text()) or CommentedMap()
+    by_sparsity = _child(_child(_child(_child(document, "tuned"), method), preset), scenario)
+    entry = CommentedMap(values)
+    entry.fa.set_flow_style()
+    tag = layout.sparsity_tag(sparsity)
+    by_sparsity[tag] = entry
+    for key in sorted(by_sparsity, key=lambda key: float(key[1:])):
+        by_sparsity.move_to_end(key)
+    if note:
+        by_sparsity.yaml_add_eol_comment(note, tag)
+    with path.open("w") as handle:
+        handler.dump(document, handle)
+    return path
+
+
+# --- the whole search from the pipeline's files ---------------------------------------------
+
+
+def load_problem(params: Params, method: str, scenario: str, sparsity: float) -> TuningProblem:
+    """The problem the pipeline's files define: prepared data, the pruned original of the first seed."""
+    from tasks.common import bundle, device, load_model
+
+    if method == "retrain" or method not in METHOD_NAMES:
+        raise ConfigError(f"cannot tune {method!r}: tunable methods are {', '.join(SEARCH_SPACES)}")
+    if scenario not in params.split.scenarios:
+        raise ConfigError(f"split.scenarios has no scenario {scenario!r}; known: {', '.join(params.split.scenarios)}")
+    seed = params.train.seeds[0]
+    original = layout.pruned_path(sparsity, seed)
+    if not original.is_file():
+        raise ConfigError(f"no pruned original at {original}: run `dvc repro prune` (sparsity {sparsity}) first")
+    data = bundle()
+    model, checkpoint = load_model(original)
+    split = tuning_split(data, params.split.scenarios[scenario])
+    return make_problem(
+        method, params.data.preset, model, split, data,
+        method_config(params, method, seed=seed), method_config(params, "retrain", seed=seed),
+        masks=checkpoint.masks, device=device(),
+    )  # fmt: skip
+
+
+def values_text(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in values.items())  # fmt: skip
+
+
+def tuned_note(study: optuna.Study) -> str:
+    """`gap 2.1 (defaults 24.3), 30 trials, 2026-05-01`: the comment written beside tuned values."""
+    best, defaults = best_trial(study), defaults_trial(study)
+    parts = [f"gap {best.value:.2f}"] if best else ["no trial within budget"]
+    if defaults is not None:
+        parts[0] += f" (defaults {defaults.user_attrs['gap']:.2f})"
+    parts += [f"{len(finished(study))} trials", date.today().isoformat()]
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    """What a search found: its study, best values and gap, the defaults' gap, where values went."""
+
+    study: str
+    storage: str
+    trials: int
+    best_values: dict[str, Any] | None
+    best_gap: float | None
+    defaults_gap: float | None
+    written: str | None
+
+
+def _trial_logger(params: Params, name: str) -> Callable[[FrozenTrial, TrialResult], None]:
+    """Log each trial as an MLflow run nested in the active (search) run."""
+    from tasks.common import tracked
+
+    def log_trial(trial: FrozenTrial, result: TrialResult) -> None:
+        tags = {"study": name, "trial": trial.number, "trial.state": trial.state.name}
+        with tracked(params, "tune", f"{name}-trial{trial.number}", result.values, **tags) as tracking:
+            if tracking:
+                tracking.log_evaluation({**result.metrics, "avg_gap": result.gap, "cost_share": result.cost_share})
+
+    return log_trial
+
+
+def tune(
+    params: Params,
+    method: str,
+    scenario: str,
+    sparsity: float = 0.0,
+    trials: int = 20,
+    *,
+    storage: str = DEFAULT_STORAGE,
+    params_path: str | Path | None = PARAMS_FILE,
+    max_cost_share: float = DEFAULT_MAX_COST_SHARE,
+    parallel: int = 1,
+    seed: int = 0,
+    execute: Execute = run_inline,
+) -> TuneSummary:
+    """Search (or resume) `method`'s hyperparameters for `scenario` at `sparsity`; write the best.
+
+    One MLflow parent run (kind `tune`) per call, one nested run per trial it runs.
+
+    Args:
+        params_path: params.yaml to write the best values to (its `tuned` section); None: don't write.
+    """
+    from tasks.common import tracked
+
+    problem = load_problem(params, method, scenario, sparsity)
+    name = study_name(method, params.data.preset, scenario, sparsity)
+    study = open_study(name, storage, seed)
+    settings = {"trials": trials, "max_cost_share": max_cost_share, "parallel": parallel, "seed": seed}
+    tags = {"study": name, "method": method, "scenario": scenario, "sparsity": sparsity}
+    with tracked(params, "tune", f"tune-{name}", settings, **tags) as tracking:
+        search(study, problem, trials, max_cost_share=max_cost_share, parallel=parallel, execute=execute,
+               on_trial=_trial_logger(params, name))  # fmt: skip
+        best, defaults = best_trial(study), defaults_trial(study)
+        if tracking and best is not None:
+            tracking.log_evaluation({"best_gap": best.value})
+    written = None
+    if best is not None and params_path is not None:
+        written = str(write_tuned(params_path, method, params.data.preset, scenario, sparsity,
+                                  best.user_attrs["values"], tuned_note(study)))  # fmt: skip
+    return TuneSummary(
+        name, storage, len(finished(study)), best.user_attrs["values"] if best else None,
+        best.value if best else None, defaults.user_attrs["gap"] if defaults else None, written,
+    )  # fmt: skip
+
+
+# --- the report's comparison --------------------------------------------------------------
+
+
+def _cell(trial: FrozenTrial | None) -> tuple[str, str, str]:
+    if trial is None:
+        return "–", "–", "–"
+    over = "" if trial.state == TrialState.COMPLETE else " (over budget)"
+    return (values_text(trial.user_attrs["values"]), f"{trial.user_attrs['gap']:.2f}",
+            f"{trial.user_attrs['cost_share']:.2f}{over}")  # fmt: skip
+
+
+def comparison_table(storage: str = DEFAULT_STORAGE, names: Sequence[str] | None = None) -> str:
+    """Markdown: per study, the defaults' gap and cost against the tuned values' (best trial).
+
+    Args:
+        names: the studies to show (default: every study in `storage`), in this order.
+    """
+    names = list(names) if names is not None else sorted(optuna.get_all_study_names(storage))
+    lines = [
+        "| study | defaults | gap | cost × Retrain | tuned | gap | cost × Retrain | trials |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        cells = [*_cell(defaults_trial(study)), *_cell(best_trial(study))]
+        lines.append(f"| `{name}` | {' | '.join(cells)} | {len(finished(study))} |")
+    note = ("Gap = average |difference| to Retrain over UA, MIA-efficacy, RA, TA (percentage points) "
+            "on the tuning split, at the same sparsity.")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def storage_is_empty(storage: str) -> bool:
+    """Whether `storage` holds no study (a sqlite file that does not exist holds none)."""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        return True
+    return not optuna.get_all_study_names(storage)

@@ -1,0 +1,52 @@
+"""Stage `unlearn` (and `retrain`): one method, one scenario, one sparsity, every seed.
+
+Starts from the (pruned) original at that sparsity, keeps its masks, and writes the
+unlearned checkpoint with the wall time of the unlearning (RTE) in its metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks import layout
+from tasks.common import bundle, device, load_model, save_model, split, stage_main, tracked
+from tasks.params import Params, flatten, method_config
+from unlearn.methods import run_method
+
+
+def unlearn(params: Params, scenario: str, method: str, sparsity: float) -> list[Path]:
+    """Run `method` on each seed's original at `sparsity`, forgetting `scenario`'s forget set."""
+    data, chosen, chosen_split = bundle(), device(), split(scenario)
+    retain_set, forget_set = chosen_split.retain_set(data), chosen_split.forget_set(data)
+    written = []
+    for seed in params.train.seeds:
+        original_path = layout.pruned_path(sparsity, seed)
+        original, checkpoint = load_model(original_path)
+        config = method_config(params, method, scenario=scenario, sparsity=sparsity, seed=seed)
+        name = f"{method}-{scenario}-s{sparsity}-seed{seed}"
+        tags = {"method": method, "scenario": scenario, "sparsity": sparsity, "seed": seed}
+        with tracked(params, "unlearn", name, config, **tags) as log:
+            result = run_method(method, original, retain_set, forget_set, chosen, masks=checkpoint.masks, config=config)
+            if log:
+                log.log_split(chosen_split, scenario)
+                if result.history:
+                    log.log_history(result.history)
+                log.log_evaluation({"RTE_seconds": result.seconds})
+        meta = dict(
+            seed=seed,
+            scenario=scenario,
+            method=method,
+            sparsity=sparsity,
+            unlearn_seconds=result.seconds,
+            parent=str(original_path),
+            split_digest=chosen_split.digest(),
+            method_config=flatten(config),
+            epochs=len(result.history.epochs) if result.history else 0,
+        )
+        path = layout.unlearned_path(scenario, method, sparsity, seed)
+        written.append(save_model(path, result.model, params, data, masks=checkpoint.masks, **meta))
+    return written
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, unlearn, ("scenario", str), ("method", str), ("sparsity", float))
