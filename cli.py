@@ -4,52 +4,280 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Prune first, then unlearn: make image classifiers forget on request.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Prune first, then unlearn: make image classifiers forget on request.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+request_app = typer.Typer(help="Deletion requests: submit them to the inbox, see where they are.", no_args_is_help=True)
+app.add_typer(request_app, name="request")
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(True, help="Print a progress line per epoch.")) -> None:
+def main(verbose: Annotated[bool, typer.Option(help="Print progress lines (one per epoch).")] = True) -> None:
     """Make trained image classifiers forget data on request, verifiably."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
-@app.command()
-def train(
-    preset: str = typer.Option("digits", help="Recipe: digits, cifar10, cifar100, svhn."),
-    data_root: Path = typer.Option(Path("data/external"), help="torchvision data folder (or the .npz file)."),
-    download: bool = typer.Option(False, help="Let torchvision download a missing data set."),
-    prepared: Path = typer.Option(Path("data/raw/dataset.npz"), help="Where the prepared data set is kept."),
-    out: Path = typer.Option(Path("models/original.pt"), help="Checkpoint to write."),
-    seed: int = typer.Option(0, help="Seed of the split and of the weights."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-) -> None:
-    """Train the original model of a preset and print its test accuracy."""
-    from unlearn.checkpoint import model_metadata, save_checkpoint
-    from unlearn.data import DataBundle, load_dataset
-    from unlearn.device import pick_device
-    from unlearn.original import train_original
-    from unlearn.presets import get_preset
-    from unlearn.train import accuracy
+def _model_and_gates(model: str | None, params: Path):
+    """The registered model (default: params.yaml's preset) and the promotion gates of params.yaml."""
+    from tasks.registry import default_model_name, load_gates
 
-    recipe = get_preset(preset)
-    if prepared.is_file() and DataBundle.load(prepared).name == recipe.dataset:
-        bundle = DataBundle.load(prepared)
-    else:
-        bundle = load_dataset(recipe.dataset, data_root, seed=seed, download=download)
-        bundle.save(prepared)
-    chosen = pick_device(device)
-    model, history = train_original(recipe, bundle, bundle.train, chosen, seed=seed)
-    test_accuracy = accuracy(model, bundle.test, chosen)
-    metadata = model_metadata(recipe.arch, bundle, model_options=recipe.model_options, seed=seed,
-                              epochs=recipe.train.epochs, preset=recipe.name,
-                              test_accuracy=test_accuracy)
-    save_checkpoint(out, model, metadata)
-    typer.echo(f"{recipe.name}: {recipe.arch} trained {recipe.train.epochs} epochs in "
-               f"{history.seconds:.1f} s on {chosen}; test accuracy {test_accuracy:.2f}% -> {out}")
+    return model or default_model_name(params), load_gates(params)
+
+
+def _fail(error: Exception) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(1)
+
+
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Registered model; default: from params.yaml's preset.")
+]
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml holding the promotion gates.")]
+PARAMS = Path("params.yaml")
+
+
+@app.command()
+def review(
+    version: Annotated[int | None, typer.Option(help="Version to review; default: the `candidate`.")] = None,
+    model: ModelOption = None,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Show a version against the champion (and Retrain) on UA, MIA-efficacy, RA, TA, RTE, with the gates."""
+    from tasks.registry import review as review_version
+    from unlearn.errors import UnlearnError
+
+    try:
+        name, gates = _model_and_gates(model, params)
+        typer.echo(review_version(version, name=name, gates=gates).render())
+    except UnlearnError as error:
+        raise _fail(error) from error
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Option(help="Version to make champion.")],
+    reviewer: Annotated[str, typer.Option(help="Who approves the promotion (recorded on the version).")],
+    reason: Annotated[str | None, typer.Option(help="Why (required with --force).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote despite failed gates; recorded as forced.")] = False,
+    model: ModelOption = None,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Move the `champion` alias to a version that passes the gates; record reviewer, time and reason."""
+    from tasks.registry import promote as promote_version
+    from unlearn.errors import UnlearnError
+
+    try:
+        name, gates = _model_and_gates(model, params)
+        done = promote_version(version, reviewer, reason, force, name=name, gates=gates)
+    except UnlearnError as error:
+        raise _fail(error) from error
+    previous = f"v{done.previous}" if done.previous else "none"
+    forced = f" (FORCED: {done.reason})" if done.forced else ""
+    typer.echo(f"{name}: champion {previous} -> v{done.version} by {done.reviewer} at {done.time}{forced}")
+    for gate in done.gates:
+        typer.echo(f"  {gate.line()}")
+
+
+@app.command()
+def history(model: ModelOption = None, params: ParamsOption = PARAMS) -> None:
+    """List the champion's lineage, newest first, with the deletion requests each version forgot."""
+    from tasks.registry import history as lineage
+    from tasks.registry import render_history
+    from unlearn.errors import UnlearnError
+
+    try:
+        name, _ = _model_and_gates(model, params)
+        typer.echo(render_history(name, lineage(name)))
+    except UnlearnError as error:
+        raise _fail(error) from error
+
+
+StudyParams = Annotated[Path, typer.Option("--params", help="The study's params file.")]
+
+
+@app.command()
+def study(
+    params: StudyParams = PARAMS,
+    task_runner: Annotated[str, typer.Option(help="threads, or dask (a LocalCluster, or --address).")] = "threads",
+    address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on (production).")] = None,
+) -> None:
+    """Run the paper's study as a Prefect flow (the same stages as `dvc repro`) and print its tables."""
+    from flows.study import run_study
+    from tasks.params import load_params
+    from tasks.report import report_tables
+
+    run_study(str(params), task_runner=task_runner, address=address)
+    typer.echo(report_tables(load_params(params)))
+
+
+@app.command()
+def report(params: StudyParams = PARAMS) -> None:
+    """Print the study's tables (the paper's Table 3 layout) and the findings checked on this run."""
+    from tasks.params import load_params
+    from tasks.report import report_tables
+
+    typer.echo(report_tables(load_params(params)))
+
+
+@app.command("train-original")
+def train_original(params: StudyParams = PARAMS) -> None:
+    """Train (and prune, per `deletion.sparsity`) the first champion and register it in MLflow."""
+    from flows.train_original import train_original as flow
+
+    summary = flow(str(params))
+    typer.echo(
+        f"{summary['model']}: champion v{summary['champion_version']} "
+        f"(sparsity {summary['sparsity']:.0%}, dense original v{summary['dense_version']})"
+    )
+
+
+@app.command()
+def batch(params: StudyParams = PARAMS) -> None:
+    """Run one deletion batch now, outside any schedule, and print what it registered."""
+    from flows.deletion_batch import deletion_batch
+
+    summary = deletion_batch(str(params))
+    typer.echo(f"deletion batch: {summary['status']}")
+    for key in ("batch_id", "model", "version", "requests", "rejected"):
+        if summary.get(key):
+            typer.echo(f"  {key}: {summary[key]}")
+    for name in ("UA", "UA_cumulative", "MIA_efficacy", "RA", "TA", "RTE_seconds"):
+        if name in summary.get("metrics", {}):
+            typer.echo(f"  {name}: {summary['metrics'][name]:.2f}")
+
+
+@app.command()
+def serve(params: StudyParams = PARAMS) -> None:
+    """Serve the `deletion-batch` deployment on its cron schedule (`deletion.schedule`) until stopped."""
+    from flows.deployments import serve_deletion_batch
+
+    serve_deletion_batch(str(params))
+
+
+@app.command()
+def demo(params: StudyParams = PARAMS) -> None:
+    """The production path on the embedded default: champion, three requests (one bad), a batch, review."""
+    from tasks import registry
+    from tasks.common import bundle
+    from tasks.deletion import model_name
+    from tasks.ledger import Ledger
+    from tasks.params import load_params
+    from tasks.requests import submit_request
+
+    settings = load_params(params)
+    name = model_name(settings)
+    if registry.version_by_alias(name, registry.CHAMPION) is None:
+        train_original(params)
+    deleted = Ledger.load(settings.deletion.ledger).deleted_ids()
+    fresh = [i for i in bundle().train.ids if i not in deleted][:3]
+    inbox = settings.deletion.inbox
+    for ids, reason in (
+        (fresh[:2], "demo: erasure request"),
+        (fresh[2:], "demo: second subject"),
+        (["digits/train/99999"], "demo: an id that does not exist"),
+    ):
+        request = submit_request(inbox, sample_ids=ids, reason=reason)
+        typer.echo(f"submitted {request.request_id}: {', '.join(ids)}")
+    batch(params)
+    review(version=None, model=name, params=params)
+
+
+InboxOption = Annotated[
+    str | None,
+    typer.Option("--inbox", help="Inbox folder or s3://bucket/prefix/; default: params.yaml's deletion.inbox."),
+]
+
+
+def _inbox_uri(inbox: str | None, params: Path) -> str:
+    from tasks.params import load_params
+
+    return inbox or load_params(params).deletion.inbox
+
+
+@request_app.command("submit")
+def request_submit(
+    ids: Annotated[list[str] | None, typer.Option("--ids", help="Sample ids to forget (repeatable).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A JSON list of ids, or one id a line.")] = None,
+    request_id: Annotated[str | None, typer.Option(help="Request id; default: generated.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Whose data it is (free text).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why it must be forgotten.")] = None,
+    inbox: InboxOption = None,
+    params: StudyParams = PARAMS,
+) -> None:
+    """Write a deletion request to the inbox (it waits as pending for the next batch)."""
+    from tasks.requests import submit_request
+    from unlearn.errors import UnlearnError
+
+    try:
+        request = submit_request(
+            _inbox_uri(inbox, params),
+            sample_ids=ids,
+            file=file,
+            request_id=request_id,
+            subject=subject,
+            reason=reason,
+        )
+    except UnlearnError as error:
+        raise _fail(error) from error
+    typer.echo(f"{request.request_id}: {len(request.sample_ids)} sample id(s) pending")
+
+
+@request_app.command("status")
+def request_status(
+    request_id: Annotated[str, typer.Argument(help="The request id.")],
+    inbox: InboxOption = None,
+    params: StudyParams = PARAMS,
+) -> None:
+    """Where a request is: pending, claimed/<batch>, done/<batch> or rejected (with the reason)."""
+    from tasks.requests import open_inbox
+
+    store = open_inbox(_inbox_uri(inbox, params))
+    where = store.status(request_id)
+    if where is None:
+        raise _fail(LookupError(f"no request {request_id!r} in {store.uri}"))
+    batch_note = f" (batch {where.batch_id})" if where.batch_id else ""
+    typer.echo(f"{request_id}: {where.state}{batch_note}")
+    if where.state == "rejected":
+        typer.echo(f"  reason: {store.rejection_reason(request_id)}")
+
+
+@app.command()
+def tune(
+    method: Annotated[str, typer.Option(help="The method to tune (ft, ga, rl, iu, ff, l1_sparse, salun).")],
+    scenario: Annotated[str, typer.Option(help="A scenario of params.yaml's split.scenarios.")],
+    sparsity: Annotated[float, typer.Option(help="Sparsity of the pruned original (0 = dense).")] = 0.0,
+    trials: Annotated[int, typer.Option(help="Finished trials the study should hold (resumes).")] = 20,
+    params: StudyParams = PARAMS,
+    storage: Annotated[str, typer.Option(help="Optuna storage (resumable).")] = "sqlite:///optuna.db",
+    task_runner: Annotated[str, typer.Option(help="threads, or dask (a LocalCluster, or --address).")] = "threads",
+    address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Trials at a time; default: 1 (threads), 2 (dask).")] = None,
+    max_cost_share: Annotated[float, typer.Option(help="Budget: a trial's share of Retrain's time.")] = 0.25,
+    write: Annotated[bool, typer.Option(help="Write the best values to params.yaml's `tuned`.")] = True,
+) -> None:
+    """Search a method's hyperparameters (Optuna) for the least gap to Retrain; write the best values."""
+    from flows.tune import run_tune
+    from tasks.tune import comparison_table
+    from unlearn.errors import UnlearnError
+
+    try:
+        summary = run_tune(
+            method, scenario, sparsity, trials, task_runner=task_runner, address=address, params_path=str(params),
+            storage=storage, parallel=parallel, max_cost_share=max_cost_share, write=write,
+        )  # fmt: skip
+    except UnlearnError as error:
+        raise _fail(error) from error
+    typer.echo(comparison_table(storage, [summary["study"]]))
+    if summary["written"]:
+        typer.echo(f"tuned values written to {summary['written']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Prefect flows: compose the stage tasks of tasks/ into the jobs people run."""

@@ -1,0 +1,164 @@
+"""The `deletion_batch` flow: the production path that turns deletion requests into a candidate model.
+
+claim (or resume) a batch -> reject bad requests -> extend the ledger -> write and validate
+the split -> version it with DVC -> unlearn the champion -> evaluate -> register the
+candidate -> move the requests to done.
+
+Never lose a request, never process one twice: every step is idempotent (see
+`tasks.deletion`), requests stay claimed until the last step, and the next run resumes a
+claimed batch first. Registration is keyed by the batch id, so a rerun after a crash
+between registering and finishing does not register twice. At most one run works at a
+time: the flow holds the global concurrency limit `deletion-batch` (one slot).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from tasks import deletion, tracking
+from tasks.params import Params, load_params
+
+SINGLE_FLIGHT = "deletion-batch"
+# Transient failures only: the S3 inbox and MLflow over HTTP. Each of these steps is idempotent.
+NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
+LOCAL = {"cache_policy": NO_CACHE}  # results are files and registry versions; nothing to cache
+
+
+@task(name="open-batch", **NETWORK_RETRIES)
+def open_batch(params: Params):
+    return deletion.open_batch(params)
+
+
+@task(name="record-ledger", **LOCAL)
+def record(params: Params, batch):
+    return deletion.record(params, batch)
+
+
+@task(name="write-split", **LOCAL)
+def write_split(params: Params, batch, ledger):
+    return deletion.write_split(params, batch, ledger)
+
+
+@task(name="version-split", **NETWORK_RETRIES)
+def version_split(params: Params, split):
+    return deletion.version_split(params, split)
+
+
+@task(name="existing-candidate", **NETWORK_RETRIES)
+def existing_candidate(params: Params, batch):
+    return deletion.existing_candidate(params, batch)
+
+
+@task(name="unlearn-champion", tags=["gpu"], **LOCAL)
+def unlearn_champion(params: Params, batch, ledger, split):
+    return deletion.unlearn_champion(params, batch, ledger, split)
+
+
+@task(name="evaluate-candidate", tags=["gpu"], **LOCAL)
+def evaluate_candidate(params: Params, split, candidate):
+    return deletion.evaluate_candidate(params, split, candidate)
+
+
+@task(name="retrain-reference", tags=["gpu"], **LOCAL)
+def retrain_reference(params: Params, split, candidate):
+    return deletion.retrain_reference(params, split, candidate)
+
+
+@task(name="register-candidate", **NETWORK_RETRIES)
+def register_candidate(params: Params, batch, ledger, split, candidate, metrics, retrain_metrics, digests):
+    return deletion.register_candidate(params, batch, ledger, split, candidate, metrics, retrain_metrics, digests)
+
+
+@task(name="finish-batch", **NETWORK_RETRIES)
+def finish(params: Params, batch) -> None:
+    deletion.finish(params, batch)
+
+
+def ensure_single_flight() -> None:
+    """Create (or keep) the one-slot global concurrency limit that serialises batches."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(SINGLE_FLIGHT, 1)
+
+
+def _unlearn_and_register(params: Params, batch, ledger, split, digests):
+    """The champion unlearned, evaluated and registered; skipped when the batch already has a version."""
+    version = existing_candidate(params, batch)
+    if version is not None:
+        get_run_logger().info("batch %s already registered as version %s", batch.batch_id, version.version)
+        return version, {}
+    with tracking.start_run("unlearn", f"deletion-{batch.batch_id}", tags=flow_run_tags(batch)):
+        candidate = unlearn_champion(params, batch, ledger, split)
+        metrics = evaluate_candidate(params, split, candidate)
+        reference = retrain_reference(params, split, candidate) if params.deletion.retrain_reference else None
+        tracking.log_split(split.split, batch.batch_id)
+        tracking.log_evaluation(metrics)
+        version = register_candidate(params, batch, ledger, split, candidate, metrics, reference, digests)
+    return version, metrics
+
+
+def flow_run_tags(batch) -> dict[str, str]:
+    """Tags that lead from an MLflow run to the Prefect flow run (and the batch)."""
+    from prefect.runtime import flow_run
+
+    return {"prefect.flow_run_id": str(flow_run.id), "batch_id": batch.batch_id}
+
+
+@flow(name="deletion-batch", flow_run_name="deletion-batch-{params_path}", log_prints=True)
+def deletion_batch(params_path: str = "params.yaml") -> dict:
+    """Unlearn every pending deletion request as one batch and register the candidate model."""
+    params = load_params(params_path)
+    ensure_single_flight()
+    with concurrency(SINGLE_FLIGHT, occupy=1, strict=True):
+        batch = open_batch(params)
+        if batch is None:
+            publish({"status": "empty"})
+            return {"status": "empty"}
+        if not batch.accepted:
+            finish(params, batch)
+            return publish({"status": "all rejected", "batch_id": batch.batch_id, "rejected": batch.rejected})
+        ledger = record(params, batch)
+        split = write_split(params, batch, ledger)
+        digests = version_split(params, split)
+        version, metrics = _unlearn_and_register(params, batch, ledger, split, digests)
+        finish(params, batch)
+    return publish(
+        {
+            "status": "registered",
+            "batch_id": batch.batch_id,
+            "version": str(version.version),
+            "model": version.name,
+            "requests": batch.request_ids,
+            "rejected": batch.rejected,
+            "resumed": batch.resumed,
+            "metrics": metrics,
+        }
+    )
+
+
+def publish(summary: dict) -> dict:
+    """A markdown artifact of the run: what was registered, the metrics, the rejections."""
+    lines = [f"# Deletion batch: {summary['status']}"]
+    for key in ("batch_id", "model", "version", "requests", "resumed"):
+        if key in summary:
+            lines.append(f"- **{key}**: {summary[key]}")
+    for request_id, reason in summary.get("rejected", {}).items():
+        lines.append(f"- rejected `{request_id}`: {reason}")
+    if summary.get("metrics"):
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [
+            f"| {name} | {value:.2f} |"
+            for name, value in summary["metrics"].items()
+            if not name.startswith(("MIA_efficacy_", "MIA_privacy_"))
+        ]
+    if "version" in summary:
+        lines.append(
+            f"\nMLflow: registered model `{summary['model']}` version {summary['version']} "
+            f"(alias `candidate`); tracking URI `{tracking.tracking_uri()}`."
+        )
+    create_markdown_artifact("\n".join(lines), key="deletion-batch", description="deletion batch summary")
+    return summary

@@ -1,0 +1,45 @@
+"""The pipeline's stage functions as Prefect tasks: the same function objects `dvc repro` runs.
+
+One task per stage function of tasks/, never a second copy of its code. Tasks that train
+or run models (train, prune, unlearn, which with method `retrain` is the gold standard)
+carry the `gpu` tag, so a tag concurrency limit (`flows.study.ensure_gpu_limit`) keeps
+at most one of them per accelerator. None of them retries: their failures (bad
+configuration, a failed split check, a numerical error) are not transient. Results are
+not cached by Prefect either: the stages' outputs are files, and deciding what is stale is
+DVC's job.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.evaluate import evaluate_method
+from tasks.prepare import prepare
+from tasks.prune import prune_originals
+from tasks.report import build_report
+from tasks.split import make_split
+from tasks.train import train_originals
+from tasks.unlearn import unlearn
+from tasks.validate import validate_scenario
+
+GPU_TAG = "gpu"
+_STAGE = {"cache_policy": NO_CACHE, "retries": 0}
+
+prepare_task = task(prepare, name="prepare", task_run_name="prepare", **_STAGE)
+split_task = task(make_split, name="split", task_run_name="split-{scenario}", **_STAGE)
+validate_task = task(validate_scenario, name="validate", task_run_name="validate-{scenario_name}", **_STAGE)
+train_task = task(train_originals, name="train", task_run_name="train", tags=[GPU_TAG], **_STAGE)
+prune_task = task(prune_originals, name="prune", task_run_name="prune-s{sparsity}", tags=[GPU_TAG], **_STAGE)
+unlearn_task = task(
+    unlearn,
+    name="unlearn",
+    task_run_name="unlearn-{scenario}-{method}-s{sparsity}",
+    tags=[GPU_TAG],
+    **_STAGE,
+)
+evaluate_task = task(evaluate_method, name="evaluate", task_run_name="evaluate-{scenario}-{method}", **_STAGE)
+report_task = task(build_report, name="report", task_run_name="report", **_STAGE)
+
+STAGE_TASKS = (prepare_task, split_task, validate_task, train_task, prune_task, unlearn_task,
+               evaluate_task, report_task)  # fmt: skip
