@@ -14,6 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 .DEFAULT_GOAL := help
 
@@ -29,17 +30,20 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 install: $(INSTALLED) ## create .venv and install the project with its pinned dependencies
 
-run: $(INSTALLED) ## train the original model on the embedded default (digits) and print its test accuracy
-	$(BIN)/unlearn train --preset digits
+run: $(INSTALLED) ## the paper's study (`dvc repro`, its tables), then one deletion batch end to end
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/unlearn report
+	$(BIN)/unlearn --no-verbose demo
 
-test: $(INSTALLED) ## run the whole test suite (slow end-to-end tests included)
-	$(BIN)/python -m pytest
+test: $(INSTALLED) ## run the whole test suite, slow end-to-end tests included, on two workers
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(INSTALLED) ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-benchmark: $(INSTALLED) ## trainer throughput against a plain DataLoader loop
+benchmark: $(INSTALLED) ## trainer throughput, and every method's cost as a ratio to Retrain's
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/unlearn_cost.py
 
-clean: ## remove generated outputs (keeps .venv)
-	rm -rf data models .pytest_cache
+clean: ## remove generated outputs (keeps .venv and the DVC cache)
+	rm -rf data models metrics reports mlflow.db mlartifacts .pytest_cache
