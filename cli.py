@@ -190,6 +190,65 @@ def demo(params: StudyParams = PARAMS) -> None:
     review(version=None, model=name, params=params)
 
 
+def _columns(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: every column padded to its widest cell."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)  # fmt: skip
+
+
+@app.command()
+def cleanse(
+    params: StudyParams = PARAMS,
+    register: Annotated[bool, typer.Option(help="Register the Trojan model and its best cleanse in MLflow.")] = True,
+) -> None:
+    """Run the Trojan-model cleanse (PAPER.md 7.1) as a Prefect flow; print ASR and SA before and after."""
+    from flows.backdoor_cleanse import backdoor_cleanse
+    from tasks.backdoor import load_rows
+    from tasks.params import load_params
+    from tasks.report import label, sparsity_label
+    from unlearn.errors import UnlearnError
+
+    try:
+        summary = backdoor_cleanse(str(params), register_models=register)
+        rows = load_rows(load_params(params))
+    except UnlearnError as error:
+        raise _fail(error) from error
+    keys = ("ASR_before", "ASR", "SA_before", "SA", "RTE_seconds")
+    table = [[label(method), sparsity_label(row["sparsity"]), *(f"{row[key]:.2f}" for key in keys)]
+             for method, by_sparsity in rows.items() for row in by_sparsity]  # fmt: skip
+    header = ["method", "sparsity", "ASR before", "ASR after", "SA before", "SA after", "RTE s"]
+    typer.echo(_columns(header, table))
+    typer.echo(f"report: {summary['report']}")
+    done = summary.get("registered")
+    if done:
+        cleansed = f"v{done['cleansed_version']} ({label(done['method'])} cleanse, sparsity {done['sparsity']:g})"
+        typer.echo(f"registered: {done['model_name']} v{done['trojan_version']} (Trojan model), {cleansed}")
+
+
+@app.command()
+def transfer(params: StudyParams = PARAMS) -> None:
+    """Run transfer after unlearning (PAPER.md 7.2) as a Prefect flow; print target accuracy and times."""
+    import json
+
+    from flows.transfer import transfer as transfer_flow
+    from unlearn.errors import UnlearnError
+
+    try:
+        summary = transfer_flow(str(params))
+    except UnlearnError as error:
+        raise _fail(error) from error
+    result = json.loads(Path(summary["metrics"]).read_text())
+    modes = {"linear_probe": "linear probe", "fine_tune": "fine-tune"}
+    table = [[row["source"], modes.get(row["mode"], row["mode"]), f"{row['target_accuracy']:.2f}",
+              f"{row['seconds']:.2f}", f"{row['unlearn_seconds']:.2f}"] for row in result["rows"]]  # fmt: skip
+    source, target = result.get("source_dataset", "source"), result.get("target_dataset", "target")
+    typer.echo(f"{source} -> {target}; source model test accuracy {result['source_test_accuracy']:.2f}%")
+    typer.echo(_columns(["source model", "transfer", "target accuracy", "transfer s", "unlearning s"], table))
+    typer.echo(f"report: {summary['report']}")
+
+
 InboxOption = Annotated[
     str | None,
     typer.Option("--inbox", help="Inbox folder or s3://bucket/prefix/; default: params.yaml's deletion.inbox."),

@@ -15,11 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.layout import sparsity_tag
+from unlearn.data import DATASETS
 from unlearn.errors import ConfigError
 from unlearn.methods import METHOD_NAMES, default_config
 from unlearn.presets import PRESETS
 from unlearn.train import TrainConfig
-from unlearn.transfer import TransferConfig
+from unlearn.transfer import TRANSFER_PRESETS, TransferConfig, TransferPreset
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -189,22 +190,53 @@ class BackdoorParams(Strict):
 
 
 class TransferParams(Strict):
-    """Transfer after unlearning (PAPER.md 7.2): source and target classes, what is forgotten, how.
+    """Transfer after unlearning (PAPER.md 7.2): source and target tasks, what is forgotten, how.
 
-    Defaults are `unlearn.transfer.TransferConfig`'s (digits 0-4 -> 5-9, forgetting 0 and 1).
-    `epochs` shortens the source model's training and the Retrain reference; `settings`
-    override the method's config; the probe and fine-tune epochs their recipes'.
+    `preset` names a pairing of `unlearn.transfer.TRANSFER_PRESETS` ("within": digits 0-4 -> 5-9
+    of the prepared data set, forgetting 0 and 1; "cifar100_to_cifar10": from data.root); the
+    data set and class fields left null take the preset's. `source`/`target` name data sets of
+    `unlearn.data.DATASETS` (for npz, `*_root` is the file); `recipe` the preset that trains the
+    source model (null: the preset's, else data.preset). `epochs` shortens the source model's
+    training and the Retrain reference; `settings` override the method's config; the probe and
+    fine-tune epochs their recipes'.
     """
 
-    source_classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
-    target_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
-    forget_classes: list[int] = Field(default_factory=lambda: [0, 1])
+    preset: str = "within"
+    source: str | None = None
+    source_root: str | None = None
+    target: str | None = None
+    target_root: str | None = None
+    recipe: str | None = None
+    source_classes: list[int] | None = None
+    target_classes: list[int] | None = None
+    forget_classes: list[int] | None = None
     method: str = "l1_sparse"
     seed: int = 0
     epochs: int | None = Field(None, ge=1)
     settings: dict[str, Any] = Field(default_factory=dict)
     linear_probe_epochs: int | None = Field(None, ge=1)
     fine_tune_epochs: int | None = Field(None, ge=1)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_transfer_preset(cls, value: str) -> str:
+        if value not in TRANSFER_PRESETS:
+            raise ValueError(f"unknown transfer preset {value!r}; known: {', '.join(TRANSFER_PRESETS)}")
+        return value
+
+    @field_validator("source", "target")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value is not None and value not in DATASETS:
+            raise ValueError(f"unknown data set {value!r}; known: {', '.join(DATASETS)}")
+        return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(PRESETS)}")
+        return value
 
     @field_validator("method")
     @classmethod
@@ -214,12 +246,24 @@ class TransferParams(Strict):
         return value
 
     @model_validator(mode="after")
-    def _classes_fit(self) -> TransferParams:
+    def _tasks_fit(self) -> TransferParams:
+        spec = self.spec()
+        for side in ("source", "target"):
+            if getattr(spec, side) is None and getattr(self, f"{side}_root") is not None:
+                raise ValueError(f"transfer.{side}_root is set but transfer.{side} (the data set) is not")
         try:
-            TransferConfig(tuple(self.source_classes), tuple(self.target_classes), tuple(self.forget_classes))
+            TransferConfig(spec.source_classes, spec.target_classes, spec.forget_classes,
+                           cross_dataset=spec.target is not None)  # fmt: skip
         except ConfigError as error:
-            raise ValueError(str(error)) from error
+            raise ValueError(f"transfer (preset {self.preset!r} with its overrides): {error}") from error
         return self
+
+    def spec(self) -> TransferPreset:
+        """The transfer preset with this group's data set, class and recipe overrides."""
+        names = ("source", "target", "recipe", "source_classes", "target_classes", "forget_classes")
+        overrides = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        classes = {name: tuple(value) for name, value in overrides.items() if name.endswith("_classes")}
+        return replace(TRANSFER_PRESETS[self.preset], **{**overrides, **classes})
 
 
 # What `unlearn tune` found: method -> preset -> scenario -> sparsity tag ("s0.95") -> settings.

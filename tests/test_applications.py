@@ -2,8 +2,10 @@
 
 The flows run the project's params.yaml shrunk (one seed, few epochs, sparsities 0 and 0.5,
 ℓ1-sparse only) in a temporary working directory, with a temporary Prefect API and MLflow store.
-Thresholds follow tests/test_backdoor.py: a 10-epoch digits Trojan model has ASR ~99; the
-ℓ1-sparse cleanse (gamma 2e-3) brings it to ~10 at 1-2 points of SA, dense.
+Thresholds follow tests/test_backdoor.py: a 10-epoch digits Trojan model has ASR ~99; the digits
+ℓ1-sparse cleanse (`unlearn.backdoor.CLEANSE_DEFAULTS`) brings it to 10 with an SA drop of at most
+0.8 points over six seeds, dense and at 50% sparsity. The cross-data-set transfer runs on two tiny
+synthetic npz data sets, never on downloaded ones. The CLI's commands print the flows' results.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 from tasks import backdoor
 from tasks import transfer as transfer_stage
 from tasks.common import bundle
 from tasks.params import load_params, parse_params
-from unlearn.errors import ConfigError
+from unlearn.errors import ConfigError, DatasetNotFoundError
+from unlearn.transfer import CIFAR100_VEHICLES
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.0, 0.5)
@@ -85,6 +90,11 @@ def test_project_params_hold_both_groups_with_the_cores_defaults():
         ({"backdoor": {"poison_ratio": 0.0}}, "backdoor.poison_ratio"),
         ({"transfer": {"target_classes": [4, 5]}}, "transfer"),
         ({"transfer": {"method": "retrain"}}, "transfer.method"),
+        ({"transfer": {"preset": "imagenet_to_pets"}}, "transfer.preset"),
+        ({"transfer": {"target": "mnist"}}, "transfer.target"),
+        ({"transfer": {"recipe": "imagenet"}}, "transfer.recipe"),
+        ({"transfer": {"target_root": "data/other.npz"}}, "transfer.target_root"),
+        ({"transfer": {"preset": "cifar100_to_cifar10", "forget_classes": [100]}}, "transfer"),
     ],
 )
 def test_bad_application_params_name_the_key(raw, key):
@@ -135,8 +145,8 @@ def test_l1_sparse_cleanse_removes_the_backdoor(rows):
     for sparsity, row in rows.items():
         assert row["ASR_before"] - row["ASR"] > 50, sparsity
         assert row["ASR"] < 30, sparsity
-    dense = rows[0.0]
-    assert dense["SA_before"] - dense["SA"] <= 5  # 1.4 points in tests/test_backdoor.py
+        # "within a few points" (18 of 360 test images); at most 0.8 measured over six seeds
+        assert row["SA_before"] - row["SA"] <= 5, sparsity
 
 
 @pytest.mark.slow
@@ -239,3 +249,121 @@ def test_transfer_report_has_every_row(transferred):
     assert len(body) == 6
     assert {line.split(" | ")[1] for line in body} == {"linear probe", "fine-tune"}
     assert {line.split(" | ")[0] for line in body} == {"| original", "| unlearned", "| retrained"}
+
+
+# --- transfer across data sets -------------------------------------------------------------
+
+
+def synthetic_npz(path: Path, classes: int, seed: int) -> Path:
+    """A tiny npz data set of 8x8 grey images: class k is a bright row k on faint noise, 20 per class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), 20)
+    images = rng.uniform(0, 0.3, (len(labels), 1, 8, 8)).astype(np.float32)
+    images[np.arange(len(labels)), 0, labels, :] = 1.0
+    np.savez(path, x=images, y=labels, ids=np.array([f"{path.stem}/{i:03d}" for i in range(len(labels))]))
+    return path
+
+
+def cross_dataset_params(folder: Path) -> dict:
+    """params.yaml with a transfer from one npz data set (4 classes, forgetting 0) to another (3 classes)."""
+    raw = shrunk_params()
+    raw["tracking"] = {"enabled": False}
+    raw["transfer"] = {
+        **raw["transfer"],
+        "source": "npz", "source_root": str(synthetic_npz(folder / "rows_source.npz", 4, seed=0)),
+        "target": "npz", "target_root": str(synthetic_npz(folder / "rows_target.npz", 3, seed=1)),
+        "source_classes": [0, 1, 2, 3], "forget_classes": [0], "target_classes": [0, 1, 2],
+        "epochs": 1, "settings": {"epochs": 1}, "linear_probe_epochs": 1, "fine_tune_epochs": 1,
+    }  # fmt: skip
+    return raw
+
+
+def test_a_cross_dataset_transfer_reads_both_data_sets_and_reports_every_row(tmp_path, monkeypatch):
+    from unlearn.transfer import MODES, SOURCES
+
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(cross_dataset_params(tmp_path))
+    assert transfer_stage.transfer_config(params).cross_dataset  # target classes 0-2 may share the source's numbers
+    report = transfer_stage.run_transfer(params).read_text()
+    result = json.loads(transfer_stage.METRICS.read_text())
+    assert (result["source_dataset"], result["target_dataset"]) == ("rows_source", "rows_target")
+    assert [(r["source"], r["mode"]) for r in result["rows"]] == [(s, m) for s in SOURCES for m in MODES]
+    assert all(0 <= r["target_accuracy"] <= 100 and r["seconds"] > 0 for r in result["rows"])
+    assert all((r["unlearn_seconds"] > 0) == (r["source"] != "original") for r in result["rows"])
+    assert "Source task: rows_source classes 0-3" in report and "Target task: rows_target classes 0-2" in report
+    assert len([line for line in report.splitlines() if line.startswith("| ") and "Source" not in line]) == 6
+    assert not Path("data/raw/dataset.npz").exists()  # nothing prepared: both came from their own files
+
+
+def test_the_cifar_preset_is_cifar100_to_cifar10_from_the_local_root_and_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path / "external")
+    params = parse_params({"data": {"root": root}, "tracking": {"enabled": False},
+                           "transfer": {"preset": "cifar100_to_cifar10"}})  # fmt: skip
+    assert transfer_stage.data_sources(params) == (("cifar100", root), ("cifar10", root))
+    config = transfer_stage.transfer_config(params)
+    assert config.source_classes == tuple(range(100)) and config.target_classes == tuple(range(10))
+    assert config.forget_classes == CIFAR100_VEHICLES and config.cross_dataset
+    assert transfer_stage.source_recipe(params).arch == "resnet18" and config.preset == "cifar100"
+    assert config.fine_tune.augment and not config.linear_probe.augment
+    with pytest.raises(DatasetNotFoundError, match="cifar100 is not under"):
+        transfer_stage.run_transfer(params)
+    assert not any(Path(root).glob("**/*.tar.gz"))
+
+
+def test_a_target_naming_the_source_data_set_is_no_other_data_set():
+    params = parse_params({"transfer": {"target": "digits", "target_classes": [1, 2]}})
+    assert transfer_stage.data_sources(params) == (None, None)
+    with pytest.raises(ConfigError, match="transfer: .*must not overlap"):
+        transfer_stage.transfer_config(params)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_the_commands_turn_a_config_error_into_a_clean_exit(monkeypatch):
+    import flows.backdoor_cleanse
+    import flows.transfer
+    from cli import app
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("params.yaml: transfer.preset: unknown transfer preset 'x'")
+
+    monkeypatch.setattr(flows.backdoor_cleanse, "backdoor_cleanse", refuse)
+    monkeypatch.setattr(flows.transfer, "transfer", refuse)
+    for command in ("cleanse", "transfer"):
+        result = CliRunner().invoke(app, [command])
+        assert result.exit_code == 1 and "error: params.yaml: transfer.preset" in result.output, command
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_unlearn_cleanse_prints_asr_and_sa_before_and_after(cleansed, rows, monkeypatch):
+    import flows.backdoor_cleanse
+    from cli import app
+
+    monkeypatch.setattr(flows.backdoor_cleanse, "backdoor_cleanse", lambda *args, **kwargs: cleansed)
+    result = CliRunner().invoke(app, ["cleanse"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["method", "sparsity", "ASR", "before", "ASR", "after", "SA", "before", "SA", "after",
+                                "RTE", "s"]  # fmt: skip
+    sparse = next(line for line in lines if "50% sparse" in line)
+    assert f"{rows[0.5]['ASR_before']:.2f}" in sparse and f"{rows[0.5]['SA']:.2f}" in sparse
+    assert sum(line.startswith("ℓ1-sparse") for line in lines) == 2
+    assert f"v{cleansed['registered']['cleansed_version']} (ℓ1-sparse cleanse, sparsity 0.5)" in result.output
+
+
+@pytest.mark.slow
+def test_unlearn_transfer_prints_every_row(transferred, monkeypatch):
+    import flows.transfer
+    from cli import app
+
+    monkeypatch.setattr(flows.transfer, "transfer", lambda *args, **kwargs: transferred)
+    result = CliRunner().invoke(app, ["transfer"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("digits -> digits; source model test accuracy")
+    rows = json.loads(Path(transferred["metrics"]).read_text())["rows"]
+    body = [line.split() for line in result.output.splitlines()[3:-1]]
+    assert len(body) == 6 and [line[0] for line in body] == [r["source"] for r in rows]
+    assert [line[-3] for line in body] == [f"{r['target_accuracy']:.2f}" for r in rows]

@@ -136,7 +136,7 @@ def test_cleanse_forgets_the_poisoned_samples_and_keeps_the_clean_rest(poisoned,
 
 @pytest.fixture(scope="module")
 def trojan(digits, poisoned, cpu):
-    """The digits preset trained on the poisoned set, shrunk to 10 epochs (SA 99.4, ASR 99.2)."""
+    """The digits preset trained on the poisoned set, shrunk to 10 epochs (SA 99.4, ASR 100)."""
     preset = get_preset("digits")
     preset = replace(preset, train=replace(preset.train, epochs=10))
     model, _ = train_original(preset, digits, poisoned.train_set, cpu, seed=0)
@@ -152,14 +152,19 @@ def test_the_trojan_model_obeys_the_trigger(trojan, digits, attack, cpu):
 
 @pytest.mark.slow
 def test_l1_sparse_cleanse_removes_the_backdoor_and_keeps_standard_accuracy(trojan, poisoned, digits, cpu):
+    # Measured with the digits cleanse settings over six seeds: ASR 99-100 -> 10.0, SA drop -1.4..0.8.
+    # "Within a few points" is 5 here: 18 of the 360 test images.
     config = cleanse_config("l1_sparse", "digits")
     result = cleanse(trojan, poisoned, digits.test, "l1_sparse", cpu, config=config)
     assert result.before.attack_success_rate - result.after.attack_success_rate > 50
+    assert result.after.attack_success_rate < 30
     assert result.before.standard_accuracy - result.after.standard_accuracy <= 5
 
 
 def test_cleanse_config_overrides_only_what_a_cleanse_needs():
-    assert cleanse_config("l1_sparse", "digits").gamma == 2e-3
+    config = cleanse_config("l1_sparse", "digits")
+    assert (config.gamma, config.lr, config.epochs, config.no_l1_epochs) == (1e-2, 0.01, 20, 10)
     assert cleanse_config("l1_sparse", "digits", gamma=1e-3).gamma == 1e-3
-    assert cleanse_config("l1_sparse", "digits").lr == default_config("l1_sparse", "digits").lr
+    assert config.batch_size == default_config("l1_sparse", "digits").batch_size
+    assert config.schedule == default_config("l1_sparse", "digits").schedule
     assert cleanse_config("ft", "cifar10") == default_config("ft", "cifar10")

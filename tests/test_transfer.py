@@ -1,22 +1,27 @@
-"""Transfer after unlearning on digits: class subsets, head replacement, linear probe, fine-tune, study."""
+"""Transfer after unlearning on digits: class subsets, head replacement, linear probe, fine-tune, study;
+source and target tasks from one data set or from two."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
+from unlearn.data import TensorSet
 from unlearn.errors import ConfigError
 from unlearn.methods import default_config, retrain
 from unlearn.models import build_model
 from unlearn.original import train_original
 from unlearn.presets import get_preset
 from unlearn.transfer import (
+    CIFAR100_VEHICLES,
     MODES,
     SOURCES,
+    TRANSFER_PRESETS,
     TransferConfig,
     class_subset,
     features,
     fine_tune,
+    get_transfer_preset,
     linear_probe,
     replace_head,
     source_and_target,
@@ -56,6 +61,44 @@ def test_class_subset_refuses_bad_classes(digits, classes):
 def test_transfer_config_refuses_overlapping_or_outside_classes(changes):
     with pytest.raises(ConfigError):
         TransferConfig(**changes)
+
+
+def test_overlapping_class_numbers_are_refused_only_within_one_data_set():
+    with pytest.raises(ConfigError, match="must not overlap"):
+        TransferConfig(target_classes=(0, 1))
+    assert TransferConfig(target_classes=(0, 1), cross_dataset=True).target_classes == (0, 1)
+    with pytest.raises(ConfigError, match="target_classes"):
+        TransferConfig(target_classes=(), cross_dataset=True)
+
+
+def test_a_target_from_another_data_set_keeps_its_own_classes(digits):
+    other = replace(digits, name="other")
+    source, target = source_and_target(digits, TransferConfig(target_classes=(0, 1), cross_dataset=True), other)
+    assert (source.name, source.num_classes) == ("digits", 5)
+    assert (target.name, target.num_classes) == ("other", 2)
+    assert len(target.train) == int((digits.train.labels <= 1).sum())  # classes 0 and 1 of the other set
+
+
+def test_a_cross_dataset_transfer_needs_its_target_with_the_sources_image_shape(digits):
+    config = TransferConfig(target_classes=(0, 1), cross_dataset=True)
+    with pytest.raises(ConfigError, match="needs the target data set"):
+        source_and_target(digits, config)
+    colour = TensorSet(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), ("c/0", "c/1"))
+    with pytest.raises(ConfigError, match=r"\(3, 8, 8\), but the source model takes digits's \(1, 8, 8\)"):
+        source_and_target(digits, config, replace(digits, name="colour", train=colour, test=colour))
+
+
+def test_the_cifar_preset_goes_from_every_cifar100_class_to_every_cifar10_class():
+    preset = get_transfer_preset("cifar100_to_cifar10")
+    assert (preset.source, preset.target, preset.recipe) == ("cifar100", "cifar10", "cifar100")
+    assert preset.source_classes == tuple(range(100)) and preset.target_classes == tuple(range(10))
+    assert preset.forget_classes == CIFAR100_VEHICLES and len(set(CIFAR100_VEHICLES)) == 10
+    TransferConfig(preset.source_classes, preset.target_classes, preset.forget_classes, cross_dataset=True)
+    within = TRANSFER_PRESETS["within"]
+    assert (within.source_classes, within.target_classes, within.forget_classes) == (
+        TransferConfig().source_classes, TransferConfig().target_classes, TransferConfig().forget_classes)  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown transfer preset 'imagenet'"):
+        get_transfer_preset("imagenet")
 
 
 @pytest.mark.parametrize(

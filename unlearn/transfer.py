@@ -2,8 +2,9 @@
 
 A source model is trained on some classes; a subset of them is unlearned (l1-sparse MU by
 default) or retrained without (the reference). Each source is then transferred to a target
-task of other classes, by a linear probe (frozen backbone, new head) and by full fine-tuning,
-and the target accuracy and wall time are reported.
+task, by a linear probe (frozen backbone, new head) and by full fine-tuning, and the target
+accuracy and wall time are reported. The target task is either other classes of the source's
+data set (digits 0-4 -> 5-9) or another data set (CIFAR-100 -> CIFAR-10): `TRANSFER_PRESETS`.
 
 Linear probing extracts the penultimate features once, with the backbone in eval mode (its
 BatchNorm statistics stay frozen), and trains only a new linear head on them: no backbone
@@ -41,6 +42,7 @@ class TransferConfig:
 
     Args:
         forget_classes: source classes to unlearn, as original labels (a subset of source_classes).
+        cross_dataset: the target classes are another data set's, so they may share numbers with the source's.
         method: the approximate unlearning method; "retrain" is always run as the reference.
         preset: names the methods' preset defaults (`unlearn.methods.default_config`).
         method_config / retrain_config: the methods' configs; their preset defaults when None.
@@ -61,15 +63,59 @@ class TransferConfig:
     fine_tune: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=10, lr=0.01, batch_size=128, schedule="constant", augment=False)
     )
+    cross_dataset: bool = False
 
     def __post_init__(self) -> None:
-        if set(self.source_classes) & set(self.target_classes):
+        if not self.target_classes:
+            raise ConfigError("target_classes must not be empty")
+        if not self.cross_dataset and set(self.source_classes) & set(self.target_classes):
             raise ConfigError(f"source {self.source_classes} and target {self.target_classes} classes must not overlap")
         if not self.forget_classes or not set(self.forget_classes) < set(self.source_classes):
             raise ConfigError(
                 f"forget_classes {self.forget_classes} must be a non-empty proper "
                 f"subset of source_classes {self.source_classes}"
             )
+
+
+@dataclass(frozen=True)
+class TransferPreset:
+    """A named source -> target pairing: the data sets, their classes and the source model's recipe.
+
+    Args:
+        source: the source data set (`unlearn.data.DATASETS`); None = the prepared one (params' data.preset).
+        target: the target data set; None = the source's own data set (its `target_classes`).
+        recipe: the preset (`unlearn.presets`) that trains the source model; None = the prepared data set's.
+    """
+
+    source: str | None
+    target: str | None
+    source_classes: tuple[int, ...]
+    target_classes: tuple[int, ...]
+    forget_classes: tuple[int, ...]
+    recipe: str | None = None
+
+
+# CIFAR-100's two vehicle superclasses (fine labels: bicycle, bus, lawn_mower, motorcycle, pickup_truck,
+# rocket, streetcar, tank, tractor, train). Four of CIFAR-10's classes are vehicles, so forgetting these
+# is the case where the source's unlearned classes should matter most to the target task.
+CIFAR100_VEHICLES = (8, 13, 41, 48, 58, 69, 81, 85, 89, 90)
+
+TRANSFER_PRESETS: dict[str, TransferPreset] = {
+    # the prepared data set's classes split in two (on digits: 0-4 -> 5-9), forgetting 0 and 1
+    "within": TransferPreset(None, None, (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (0, 1)),
+    # CIFAR-100 (every class, the vehicles forgotten) -> CIFAR-10 (every class), ResNet-18
+    "cifar100_to_cifar10": TransferPreset(
+        "cifar100", "cifar10", tuple(range(100)), tuple(range(10)), CIFAR100_VEHICLES, recipe="cifar100"
+    ),
+}
+
+
+def get_transfer_preset(name: str) -> TransferPreset:
+    """The transfer preset called `name`."""
+    try:
+        return TRANSFER_PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown transfer preset {name!r}; known: {', '.join(TRANSFER_PRESETS)}") from None
 
 
 @dataclass
@@ -218,9 +264,25 @@ def transfer(
     raise ConfigError(f"unknown transfer mode {mode!r}; known: {', '.join(MODES)}")
 
 
-def source_and_target(bundle: DataBundle, config: TransferConfig) -> tuple[DataBundle, DataBundle]:
-    """The source task (source classes, relabelled 0..k-1) and the target task (likewise)."""
-    return class_subset(bundle, config.source_classes), class_subset(bundle, config.target_classes)
+def source_and_target(
+    bundle: DataBundle, config: TransferConfig, target_bundle: DataBundle | None = None
+) -> tuple[DataBundle, DataBundle]:
+    """The source task (source classes, relabelled 0..k-1) and the target task (likewise).
+
+    Args:
+        target_bundle: the target's data set when it is not `bundle` (needs `config.cross_dataset`);
+            its images must have the source's shape, as the source model takes them.
+    """
+    if target_bundle is None:
+        if config.cross_dataset:
+            raise ConfigError("a cross-data-set transfer needs the target data set")
+        target_bundle = bundle
+    elif target_bundle.input_shape != bundle.input_shape:
+        raise ConfigError(
+            f"target {target_bundle.name} images are {target_bundle.input_shape}, but the source model "
+            f"takes {bundle.name}'s {bundle.input_shape}"
+        )
+    return class_subset(bundle, config.source_classes), class_subset(target_bundle, config.target_classes)
 
 
 def unlearn_sources(
