@@ -319,7 +319,10 @@ def tune(
     task_runner: Annotated[str, typer.Option(help="threads, or dask (a LocalCluster, or --address).")] = "threads",
     address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Trials at a time; default: 1 (threads), 2 (dask).")] = None,
-    max_cost_share: Annotated[float, typer.Option(help="Budget: a trial's share of Retrain's time.")] = 0.25,
+    max_cost_share: Annotated[
+        float | None, typer.Option(help="Budget: a trial's share of Retrain's time; default 0.25 (digits 0.6).")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Tuning problems (classes, random draws) per trial.")] = 3,
     write: Annotated[bool, typer.Option(help="Write the best values to params.yaml's `tuned`.")] = True,
 ) -> None:
     """Search a method's hyperparameters (Optuna) for the least gap to Retrain; write the best values."""
@@ -330,7 +333,7 @@ def tune(
     try:
         summary = run_tune(
             method, scenario, sparsity, trials, task_runner=task_runner, address=address, params_path=str(params),
-            storage=storage, parallel=parallel, max_cost_share=max_cost_share, write=write,
+            storage=storage, parallel=parallel, max_cost_share=max_cost_share, folds=folds, write=write,
         )  # fmt: skip
     except UnlearnError as error:
         raise _fail(error) from error

@@ -26,7 +26,7 @@ from prefect.futures import wait
 from flows.study import LOCAL_CLUSTER, RunnerName, make_task_runner
 from tasks.params import load_params
 from tasks.tune import (
-    DEFAULT_MAX_COST_SHARE,
+    DEFAULT_FOLDS,
     DEFAULT_STORAGE,
     comparison_table,
     retrain_reference,
@@ -50,7 +50,7 @@ def run_as_tasks(function: Callable[..., Any], calls: list[tuple]) -> list[Any]:
 
 
 def default_parallel(task_runner: str) -> int:
-    """Trials at a time: one in-process (threads), one per Dask worker otherwise."""
+    """Trials at a time: one in-process (threads), one per worker of the local Dask cluster otherwise."""
     return 1 if task_runner == "threads" else int(LOCAL_CLUSTER["n_workers"])
 
 
@@ -62,7 +62,8 @@ def tune_flow(
     trials: int = 20,
     params_path: str = "params.yaml",
     storage: str = DEFAULT_STORAGE,
-    max_cost_share: float = DEFAULT_MAX_COST_SHARE,
+    max_cost_share: float | None = None,
+    folds: int = DEFAULT_FOLDS,
     parallel: int | None = None,
     seed: int = 0,
     write: bool = True,
@@ -73,6 +74,8 @@ def tune_flow(
 
     Args:
         trials: the total number of finished trials the study should hold (the defaults trial included).
+        max_cost_share: the budget, a trial's share of Retrain's wall time; default: the preset's.
+        folds: tuning problems each trial is averaged over.
         parallel: trials asked and run at a time; default: `default_parallel(task_runner)`.
         write: write the best values to `params_path`'s `tuned` section.
 
@@ -81,12 +84,12 @@ def tune_flow(
     wanted = make_task_runner(task_runner, dask_address)
     if FlowRunContext.get().task_runner != wanted:
         return tune_flow.with_options(task_runner=wanted)(
-            method, scenario, sparsity, trials, params_path, storage, max_cost_share, parallel, seed, write,
-            task_runner, dask_address,
+            method, scenario, sparsity, trials, params_path, storage, max_cost_share, folds, parallel, seed,
+            write, task_runner, dask_address,
         )  # fmt: skip
     summary = tune(
         load_params(params_path), method, scenario, sparsity, trials, storage=storage,
-        params_path=Path(params_path) if write else None, max_cost_share=max_cost_share,
+        params_path=Path(params_path) if write else None, max_cost_share=max_cost_share, folds=folds,
         parallel=parallel or default_parallel(task_runner), seed=seed, execute=run_as_tasks,
     )  # fmt: skip
     create_markdown_artifact(
