@@ -15,6 +15,10 @@ for key, value in {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "UNLEARN_DEVICE": "cpu",
+    # Stages, flows and servers the tests start run beside the other xdist worker: two processes
+    # of two OpenMP threads each on two cores spin-wait on each other (measured: a 5-epoch digits
+    # fine-tune 0.8 s alone, 10-13 s beside a twin; 2-3 s with one thread each).
+    "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(key, value)
 # Prefect reads its home when first imported: a throw-away one, never the project's or ~/.prefect.
