@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--method", default="l1_sparse")
     parser.add_argument("--sparsity", type=float, default=0.95)
     args = parser.parse_args()
+    load_before = describe(torch.device("cpu"))  # before this process's own work loads the machine
     folder = Path(tempfile.mkdtemp(prefix="unlearn-bench-"))
     os.chdir(folder)
     os.environ.setdefault("PREFECT_HOME", str(folder / ".prefect"))
@@ -69,6 +72,7 @@ def main() -> None:
     totals, computes = zip(*(one_batch(run) for run in range(args.runs)), strict=True)
     total, compute = statistics.median(totals), statistics.median(computes)
     overhead = total - compute
+    print(load_before)
     print(f"deletion batch on digits ({args.method}, sparsity {args.sparsity:.0%}), median of {args.runs}:")
     print(f"  submit -> registered candidate  {total:7.2f} s   (target <= 60 s)")
     print(f"  unlearning compute (RTE)        {compute:7.2f} s")

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from machine import describe
 from torch.utils.data import DataLoader, TensorDataset
 
 from unlearn.data import TensorSet, load_dataset
-from unlearn.device import pick_device
+from unlearn.device import pick_device, sync
 from unlearn.models import build_model
 from unlearn.train import TrainConfig, fit
 
@@ -33,11 +34,6 @@ class Case:
     num_classes: int = 10
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def reference_loop(model, data: TensorSet, case: Case, device: torch.device) -> float:
     """The textbook loop: DataLoader over a TensorDataset, copy each batch to the device, fp32."""
     model = model.to(device).train()
@@ -46,7 +42,7 @@ def reference_loop(model, data: TensorSet, case: Case, device: torch.device) -> 
     loader = DataLoader(
         TensorDataset(inputs, data.labels), batch_size=case.batch_size, shuffle=True, pin_memory=device.type == "cuda"
     )
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     for _ in range(case.epochs):
         for x, y in loader:
@@ -55,7 +51,7 @@ def reference_loop(model, data: TensorSet, case: Case, device: torch.device) -> 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    _sync(device)
+    sync(device)
     return len(data) * case.epochs / (time.perf_counter() - started)
 
 
@@ -63,10 +59,10 @@ def unlearn_trainer(model, data: TensorSet, case: Case, device: torch.device) ->
     """`unlearn.train.fit` (device-resident data, bf16 autocast and channels_last on CUDA)."""
     config = TrainConfig(epochs=case.epochs, lr=0.01, batch_size=case.batch_size, schedule="constant", augment=False)
     data = data.to(device)  # data lives on the device for the whole job: not part of the step cost
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     fit(model, data, config, device)
-    _sync(device)
+    sync(device)
     return len(data) * case.epochs / (time.perf_counter() - started)
 
 
@@ -105,8 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = pick_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(f"device: {name}; torch {torch.__version__}; median of {args.repeats} repeats")
+    print(f"{describe(device)}; median of {args.repeats} repeats")
     print(f"{'case':34} {'reference img/s':>16} {'unlearn img/s':>14} {'ratio':>6}")
     for case in cases(device):
         speed = measure(case, device, args.repeats)

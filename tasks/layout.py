@@ -10,6 +10,9 @@ MODELS = Path("models")
 CHAMPION_MODELS = MODELS / "champion"
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+# What `unlearn tune` found, per search: the defaults' and the tuned values' gap (git-tracked, beside
+# params.yaml's `tuned` section; the study report shows it).
+TUNING_RECORD = REPORTS / "tuning.json"
 
 
 def sparsity_tag(sparsity: float) -> str:

@@ -7,6 +7,7 @@ with a `ConfigError` naming the key (`unlearn.settings.l1_sparse.gama: unknown s
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -379,3 +380,9 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, list | tuple):
         return {prefix[:-1]: ",".join(str(v) for v in value)}
     return {prefix[:-1]: value}
+
+
+def values_text(values: Mapping[str, Any]) -> str:
+    """`lr 0.0015, epochs 5`: method settings as a table cell or a comment shows them."""
+    return ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in values.items())  # fmt: skip

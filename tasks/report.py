@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from tasks import layout
 from tasks.common import stage_main
-from tasks.params import Params, Scenario
+from tasks.params import Params, Scenario, values_text
 from unlearn.errors import ConfigError
 from unlearn.metrics import GAP_METRICS, Evaluation, compare_to_retrain
 
@@ -315,11 +315,57 @@ def scenario_section(params: Params, scenario: str, results: ScenarioResults, fi
     return "\n\n".join(parts)
 
 
+def tuning_searches(params: Params) -> list[dict]:
+    """The tuning record's searches for this study's preset, scenarios and methods, in table order."""
+    record = json.loads(layout.TUNING_RECORD.read_text()) if layout.TUNING_RECORD.is_file() else {}
+    methods, scenarios = study_methods(params), list(params.split.scenarios)
+    searches = [
+        search
+        for search in record.values()
+        if search["preset"] == params.data.preset and search["scenario"] in scenarios and search["method"] in methods
+    ]
+    return sorted(searches, key=lambda s: (methods.index(s["method"]), scenarios.index(s["scenario"]), s["sparsity"]))
+
+
+def tuning_cell(trial: dict | None) -> str:
+    if trial is None:
+        return "–"
+    over = "" if trial["within_budget"] else ", over budget"
+    return f"{trial['gap']:.2f} ({trial['cost_share']:.2f}× Retrain{over})"
+
+
+def tuning_section(params: Params) -> str:
+    """Each method's gap to Retrain with its paper defaults and with its tuned values (`unlearn tune`)."""
+    lines = [
+        "## Tuned hyperparameters (`unlearn tune`)",
+        "",
+        "Avg. gap to Retrain on the tuning folds (forgetting disjoint from the reported forget set), "
+        "with each method's defaults and with the values `tuned` in params.yaml holds; the study above "
+        "ran with the tuned values.",
+        "",
+    ]
+    searches = tuning_searches(params)
+    if not searches:
+        return "\n".join([*lines, f"No search recorded in `{layout.TUNING_RECORD}` for this preset."])
+    lines += [
+        "| method | scenario | sparsity | defaults: gap | tuned values | tuned: gap | trials |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for search in searches:
+        tuned = search["tuned"]
+        cells = [label(search["method"]), search["scenario"], sparsity_label(search["sparsity"]),
+                 tuning_cell(search["defaults"]), values_text(tuned["values"]), tuning_cell(tuned),
+                 str(search["trials"])]  # fmt: skip
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def render(params: Params, study: Study, figures: dict[str, list[Path]] | None = None) -> str:
     """The whole report as markdown; figure links only for the scenarios in `figures`."""
     sections = [header(params, study)]
     for scenario, results in study.items():
         sections.append(scenario_section(params, scenario, results, (figures or {}).get(scenario, [])))
+    sections.append(tuning_section(params))
     return "\n\n".join(sections) + "\n"
 
 

@@ -29,6 +29,7 @@ The best values are written to params.yaml's `tuned` section (`write_tuned`), wh
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tasks import layout
-from tasks.params import PARAMS_FILE, Params, Scenario, method_config
+from tasks.params import PARAMS_FILE, Params, Scenario, method_config, values_text
 from unlearn.data import DataBundle, TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
@@ -477,6 +478,34 @@ def write_tuned(
     return path
 
 
+def trial_record(trial: FrozenTrial | None) -> dict[str, Any] | None:
+    """A finished trial as the tuning record keeps it: values, gap, cost, metrics (fold means)."""
+    if trial is None:
+        return None
+    return {
+        "values": trial.user_attrs["values"],
+        "gap": round(trial.user_attrs["gap"], 3),
+        "cost_share": round(trial.user_attrs["cost_share"], 3),
+        "within_budget": trial.state == TrialState.COMPLETE,
+        "metrics": {name: round(value, 2) for name, value in trial.user_attrs["metrics"].items()},
+    }
+
+
+def record_search(path: str | Path, study: optuna.Study, scenario: str, sparsity: float) -> Path:
+    """Keep what `study` found in the tuning record at `path` (one entry per study, others kept)."""
+    path = Path(path)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    attrs = study.user_attrs
+    record[study.study_name] = {
+        "method": attrs["method"], "preset": attrs["preset"], "scenario": scenario, "sparsity": float(sparsity),
+        "max_cost_share": attrs["max_cost_share"], "trials": len(finished(study)), "date": date.today().isoformat(),
+        "defaults": trial_record(defaults_trial(study)), "tuned": trial_record(best_trial(study)),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
+    return path
+
+
 # --- the whole search from the pipeline's files ---------------------------------------------
 
 
@@ -502,11 +531,6 @@ def load_problem(
         method_config(params, method, seed=seed), method_config(params, "retrain", seed=seed),
         masks=checkpoint.masks, device=device(),
     )  # fmt: skip
-
-
-def values_text(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
-                     for name, value in values.items())  # fmt: skip
 
 
 def tuned_note(study: optuna.Study) -> str:
@@ -587,6 +611,7 @@ def tune(
     if best is not None and params_path is not None:
         written = str(write_tuned(params_path, method, params.data.preset, scenario, sparsity,
                                   best.user_attrs["values"], tuned_note(study)))  # fmt: skip
+        record_search(Path(params_path).parent / layout.TUNING_RECORD, study, scenario, sparsity)
     return TuneSummary(
         name, storage, len(finished(study)), best.user_attrs["values"] if best else None,
         best.value if best else None, defaults.user_attrs["gap"] if defaults else None, written,

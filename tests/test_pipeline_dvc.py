@@ -62,7 +62,8 @@ def make_repo(path: Path, params: dict) -> Path:
     path.mkdir()
     for folder in ("unlearn", "tasks"):
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "reports/tuning.json"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(path, "git", "init", "-q")
@@ -105,6 +106,31 @@ def test_changing_one_methods_param_reruns_only_its_stages(study):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = stages_run(run(repo, "dvc", "repro").stdout)
     assert ran == {"unlearn@class_wise-ga-0.0", "unlearn@class_wise-ga-0.5", "evaluate@class_wise-ga", "report"}
+
+
+def experiment(shown, name: str) -> dict:
+    """The record of experiment `name` in `dvc exp show --json` output (nested lists and dicts)."""
+    if isinstance(shown, dict):
+        if shown.get("name") == name and "data" in shown:
+            return shown["data"]
+        shown = list(shown.values())
+    for item in shown if isinstance(shown, list) else []:
+        found = experiment(item, name)
+        if found:
+            return found
+    return {}
+
+
+def test_exp_run_sets_a_param_reruns_its_stages_and_exp_show_compares(study):
+    repo, _ = study
+    result = run(repo, "dvc", "exp", "run", "-n", "ft-lr", "-S", "unlearn.settings.ft.lr=0.05")
+    assert stages_run(result.stdout) == {
+        "unlearn@class_wise-ft-0.0", "unlearn@class_wise-ft-0.5", "evaluate@class_wise-ft", "report",
+    }  # fmt: skip
+    record = experiment(json.loads(run(repo, "dvc", "exp", "show", "--json").stdout), "ft-lr")
+    assert record["params"]["params.yaml"]["data"]["unlearn"]["settings"]["ft"] == {"epochs": 1, "lr": 0.05}
+    ft_metrics = record["metrics"]["metrics/class_wise/ft.json"]["data"]
+    assert {"UA", "RA"} <= set(json.dumps(ft_metrics).replace('"', " ").split())
 
 
 def digests(repo: Path) -> dict[str, str]:

@@ -193,3 +193,34 @@ def test_stage_entry_point_exits_2_with_the_message(metrics, monkeypatch, capsys
         stage_main("report", build_report)
     assert exit_info.value.code == 2
     assert "metrics/class_wise/iu.json is missing" in capsys.readouterr().err
+
+
+def search_entry(method: str, scenario: str, sparsity: float, preset: str = "digits") -> dict:
+    """One search of reports/tuning.json as `tasks.tune.record_search` writes it."""
+    trial = {"values": {"lr": 0.0015}, "gap": 24.3, "cost_share": 0.04, "within_budget": True, "metrics": {}}
+    tuned = {**trial, "values": {"lr": 0.0031, "epochs": 3}, "gap": 2.5, "cost_share": 0.09}
+    return {"method": method, "preset": preset, "scenario": scenario, "sparsity": sparsity, "max_cost_share": 0.6,
+            "trials": 12, "date": "2026-11-30", "defaults": trial, "tuned": tuned}  # fmt: skip
+
+
+def test_tuning_section_shows_defaults_and_tuned_gaps_of_this_presets_searches(metrics):
+    layout.TUNING_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "ga-digits-random-s0.95": search_entry("ga", "random", 0.95),
+        "ga-digits-class_wise-s0.0": search_entry("ga", "class_wise", 0.0),
+        "ga-cifar10-class_wise-s0.0": search_entry("ga", "class_wise", 0.0, preset="cifar10"),
+        "rl-digits-class_wise-s0.0": search_entry("rl", "class_wise", 0.0),  # not a method of this study
+    }
+    layout.TUNING_RECORD.write_text(json.dumps(record))
+    tuning = report_tables(make_params()).split("## Tuned hyperparameters")[1]
+    rows = [line for line in tuning.splitlines() if line.startswith("| GA")]
+    defaults, tuned = "24.30 (0.04× Retrain)", "2.50 (0.09× Retrain)"
+    assert rows == [
+        row("GA", "class_wise", "dense", defaults, "lr 0.0031, epochs 3", tuned, "12"),
+        row("GA", "random", "95% sparse", defaults, "lr 0.0031, epochs 3", tuned, "12"),
+    ]
+    assert "| RL" not in tuning
+
+
+def test_tuning_section_says_when_no_search_was_recorded(metrics):
+    assert "No search recorded in `reports/tuning.json`" in report_tables(make_params())

@@ -303,6 +303,10 @@ def test_tune_writes_the_best_values_and_logs_each_trial_as_a_nested_run(pipelin
     params = load_params("params.yaml")
     assert params.tuned["ga"]["digits"]["class_wise"]["s0.0"] == summary.best_values
     assert method_config(params, "ga", scenario="class_wise", sparsity=0.0).lr == summary.best_values["lr"]
+    record = json.loads(layout.TUNING_RECORD.read_text())["ga-digits-class_wise-s0.0"]
+    assert (record["method"], record["scenario"], record["sparsity"], record["trials"]) == ("ga", "class_wise", 0.0, 3)
+    assert record["tuned"]["values"] == summary.best_values and record["tuned"]["within_budget"]
+    assert record["defaults"]["gap"] == pytest.approx(summary.defaults_gap, abs=1e-3)
 
     experiment = tracking.client().get_experiment_by_name("tune-test")
     runs = tracking.client().search_runs([experiment.experiment_id])

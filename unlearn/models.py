@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from unlearn.errors import UnknownModelError
@@ -75,6 +74,10 @@ def digits_resnet(in_channels: int, num_classes: int, width: int = 32) -> nn.Mod
 
 def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+    # Imported here: torchvision.models pulls in torch._dynamo (~1.2 s), which every stage process
+    # of the digits study would pay without using it.
+    import torchvision
+
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

@@ -15,7 +15,6 @@ them like images (channels_last on CUDA needs 4-d inputs) and the head flattens 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from unlearn.data import DataBundle, TensorSet
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods import default_config, run_method
@@ -215,14 +215,13 @@ def linear_probe(
     if config.augment:
         raise ConfigError("a linear probe trains on precomputed features: set augment=False")
     _, layer = _last_linear(model)
-    started = time.perf_counter()
-    train_features = features(model, target_train, device)
-    torch.manual_seed(config.seed)
-    head = nn.Sequential(nn.Flatten(), nn.Linear(layer.in_features, num_classes))
-    fit(head, train_features, config, device)
-    seconds = time.perf_counter() - started
+    with Stopwatch(device) as clock:
+        train_features = features(model, target_train, device)
+        torch.manual_seed(config.seed)
+        head = nn.Sequential(nn.Flatten(), nn.Linear(layer.in_features, num_classes))
+        fit(head, train_features, config, device)
     target_accuracy = accuracy(head, features(model, target_test, device), device)
-    return Transferred(_with_head(model, head[1].to(layer.weight.device)), target_accuracy, seconds)
+    return Transferred(_with_head(model, head[1].to(layer.weight.device)), target_accuracy, clock.seconds)
 
 
 def fine_tune(
@@ -241,10 +240,9 @@ def fine_tune(
         masks: the source's pruning masks, kept so a sparse source stays sparse.
     """
     transferred = replace_head(model, num_classes, seed=config.seed)
-    started = time.perf_counter()
-    fit(transferred, target_train, config, device, masks=masks)
-    seconds = time.perf_counter() - started
-    return Transferred(transferred, accuracy(transferred, target_test, device), seconds)
+    with Stopwatch(device) as clock:
+        fit(transferred, target_train, config, device, masks=masks)
+    return Transferred(transferred, accuracy(transferred, target_test, device), clock.seconds)
 
 
 def transfer(

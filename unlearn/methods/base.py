@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from unlearn.train import History, TrainConfig
@@ -50,9 +49,3 @@ class IterativeConfig:
 def working_copy(model: nn.Module) -> nn.Module:
     """A deep copy to unlearn on, so the caller's model stays the original."""
     return copy.deepcopy(model)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall times measure the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -35,16 +35,16 @@ Differences from the official code, on purpose:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from unlearn.data import TensorSet, batches
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import Unlearned, sync, working_copy
+from unlearn.methods.base import Unlearned, working_copy
 from unlearn.methods.curvature import Parameters, per_sample_log_prob_jacobians, trainable_parameters
 from unlearn.train import prepare_model
 
@@ -109,15 +109,13 @@ def run(
     """Add Fisher-scaled Gaussian noise to a copy of `model`."""
     model = prepare_model(working_copy(model), device).eval()
     masks = masks_to(masks, device)
-    sync(device)
-    started = time.perf_counter()
-    fisher_set = _fisher_samples(retain_set, config).to(device)
-    fisher = fisher_diagonal(model, fisher_set, config.batch_size, config.estimator, config.per_sample_batch_size)
-    classes = _reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
-    _add_noise(model, fisher, config, masks, classes)
-    apply_masks(model, masks)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started)
+    with Stopwatch(device) as clock:
+        fisher_set = _fisher_samples(retain_set, config).to(device)
+        fisher = fisher_diagonal(model, fisher_set, config.batch_size, config.estimator, config.per_sample_batch_size)
+        classes = _reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
+        _add_noise(model, fisher, config, masks, classes)
+        apply_masks(model, masks)
+    return Unlearned(model, clock.seconds)
 
 
 def fisher_diagonal(

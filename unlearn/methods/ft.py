@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from unlearn.data import TensorSet
+from unlearn.device import Stopwatch
 from unlearn.masks import Masks
-from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
 from unlearn.train import fit
 
 
@@ -34,8 +34,6 @@ def run(
 ) -> Unlearned:
     """Fine-tune a copy of `model` on `retain_set`; `forget_set` is not read."""
     model = working_copy(model)
-    sync(device)
-    started = time.perf_counter()
-    history = fit(model, retain_set, config.train_config(), device, masks=masks)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    with Stopwatch(device) as clock:
+        history = fit(model, retain_set, config.train_config(), device, masks=masks)
+    return Unlearned(model, clock.seconds, history)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -10,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearn.data import TensorSet
+from unlearn.device import Stopwatch
 from unlearn.masks import Masks
-from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
 from unlearn.train import fit
 
 
@@ -48,8 +48,6 @@ def run(
 ) -> Unlearned:
     """Ascend the loss on `forget_set` with a copy of `model`; `retain_set` is not read."""
     model = working_copy(model)
-    sync(device)
-    started = time.perf_counter()
-    history = fit(model, forget_set, config.train_config(), device, masks=masks, objective=negative_cross_entropy)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    with Stopwatch(device) as clock:
+        history = fit(model, forget_set, config.train_config(), device, masks=masks, objective=negative_cross_entropy)
+    return Unlearned(model, clock.seconds, history)

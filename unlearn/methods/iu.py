@@ -28,7 +28,6 @@ forgotten class at UA 0 on digits; the paper searched alpha in [1, 20] (PAPER.md
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearn.data import TensorSet, batches
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import Unlearned, sync, working_copy
+from unlearn.methods.base import Unlearned, working_copy
 from unlearn.methods.curvature import (
     flat_mask,
     flatten_rows,
@@ -101,16 +101,14 @@ def run(
     """Move a copy of `model` by alpha * F^{-1} v, the influence of removing `forget_set`."""
     model = prepare_model(working_copy(model), device).eval()
     masks = masks_to(masks, device)
-    sync(device)
-    started = time.perf_counter()
-    keep = _kept_entries(model, masks)
-    direction = influence_direction(model, retain_set.to(device), forget_set.to(device), config.batch_size)
-    blocks = _gradient_blocks(model, _fisher_samples(retain_set, config).to(device), keep, config)
-    step = inverse_fisher_product(direction[keep], blocks, config.damping)
-    _add_to_parameters(model, keep, config.alpha * step)
-    apply_masks(model, masks)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started)
+    with Stopwatch(device) as clock:
+        keep = _kept_entries(model, masks)
+        direction = influence_direction(model, retain_set.to(device), forget_set.to(device), config.batch_size)
+        blocks = _gradient_blocks(model, _fisher_samples(retain_set, config).to(device), keep, config)
+        step = inverse_fisher_product(direction[keep], blocks, config.damping)
+        _add_to_parameters(model, keep, config.alpha * step)
+        apply_masks(model, masks)
+    return Unlearned(model, clock.seconds)
 
 
 def influence_direction(model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, batch_size: int) -> Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -10,9 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearn.data import TensorSet
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
-from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
 from unlearn.train import Objective, fit
 
 GAMMA_SCHEDULES = ("linear_decay", "constant", "linear_increase")
@@ -90,8 +90,7 @@ def run(
 ) -> Unlearned:
     """Fine-tune a copy of `model` on `retain_set` with the l1 penalty; `forget_set` is not read."""
     model = working_copy(model)
-    sync(device)
-    started = time.perf_counter()
-    history = fit(model, retain_set, config.train_config(), device, masks=masks, objective=l1_objective(model, config))
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    objective = l1_objective(model, config)
+    with Stopwatch(device) as clock:
+        history = fit(model, retain_set, config.train_config(), device, masks=masks, objective=objective)
+    return Unlearned(model, clock.seconds, history)

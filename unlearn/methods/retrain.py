@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from unlearn.data import TensorSet
+from unlearn.device import Stopwatch
 from unlearn.masks import Masks
-from unlearn.methods.base import Unlearned, sync, working_copy
+from unlearn.methods.base import Unlearned, working_copy
 from unlearn.presets import PRESETS
 from unlearn.train import TrainConfig, fit
 
@@ -57,9 +57,7 @@ def run(
 
     `forget_set` is never read: exact unlearning is training as if Df never existed.
     """
-    sync(device)
-    started = time.perf_counter()
-    model = reinitialise(model, config.seed)
-    history = fit(model, retain_set, replace(config.train, seed=config.seed), device, masks=masks)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    with Stopwatch(device) as clock:
+        model = reinitialise(model, config.seed)
+        history = fit(model, retain_set, replace(config.train, seed=config.seed), device, masks=masks)
+    return Unlearned(model, clock.seconds, history)

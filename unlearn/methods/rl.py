@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,9 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.data import TensorSet
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
-from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
 from unlearn.train import History, fit
 
 
@@ -91,8 +91,6 @@ def run(
 ) -> Unlearned:
     """Random-label `forget_set` and fine-tune a copy of `model` on it together with `retain_set`."""
     model = working_copy(model)
-    sync(device)
-    started = time.perf_counter()
-    history = fit_random_labels(model, retain_set, forget_set, config, device, masks=masks)
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    with Stopwatch(device) as clock:
+        history = fit_random_labels(model, retain_set, forget_set, config, device, masks=masks)
+    return Unlearned(model, clock.seconds, history)

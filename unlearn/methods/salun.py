@@ -6,7 +6,6 @@ theta_u = m_S * (theta_o + delta) + (1 - m_S) * theta_o, with m_S the top-rho fr
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearn.data import TensorSet, batches
+from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import IterativeConfig, Unlearned, sync, working_copy
+from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
 from unlearn.methods.rl import fit_random_labels
 from unlearn.train import prepare_model
 
@@ -122,12 +122,10 @@ def run(
     """
     model = prepare_model(working_copy(model), device)
     masks = masks_to(masks, device)
-    sync(device)
-    started = time.perf_counter()
-    apply_masks(model, masks)  # theta_o as the pruned model it is, so restored weights stay pruned
-    salient = saliency_masks(model, forget_set, config.rho, config.batch_size, device, masks)
-    history = fit_random_labels(
-        model, retain_set, forget_set, config, device, masks=masks, after_step=freeze_outside(model, salient)
-    )
-    sync(device)
-    return Unlearned(model, time.perf_counter() - started, history)
+    with Stopwatch(device) as clock:
+        apply_masks(model, masks)  # theta_o as the pruned model it is, so restored weights stay pruned
+        salient = saliency_masks(model, forget_set, config.rho, config.batch_size, device, masks)
+        history = fit_random_labels(
+            model, retain_set, forget_set, config, device, masks=masks, after_step=freeze_outside(model, salient)
+        )
+    return Unlearned(model, clock.seconds, history)
