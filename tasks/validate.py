@@ -219,7 +219,8 @@ def _class_checks(classes: tuple[int, ...]) -> list[Check]:
 
 
 def _partition_checks(train_size: int) -> list[Check]:
-    """Retain and forget (stacked as part `train`) are disjoint and together the whole training set.
+    """Retain and forget (stacked as part `train`, with a batch's earlier deletions) are disjoint and
+    together the whole training set.
 
     Unique ids, each the training set's id at its index, and as many rows as the training
     set: that is the training set exactly, each sample once.
@@ -229,7 +230,7 @@ def _partition_checks(train_size: int) -> list[Check]:
                column="sample_id"),
         _check("train", "ExpectColumnValuesToBeUnique", "retain and forget share no index", column="index"),
         _check("train", "ExpectTableRowCountToEqual",
-               f"retain + forget rows = the training set's {train_size}", value=train_size),
+               f"retain + forget (+ earlier deletions) rows = the training set's {train_size}", value=train_size),
     ]  # fmt: skip
 
 
@@ -268,8 +269,9 @@ def _at(values: Sequence | None, index: Any) -> Any:
     return values[index]
 
 
-def manifest_frames(split: Split, reference: Reference) -> dict:
-    """The data frames the suites run on: one per manifest, and retain + forget stacked as `train`."""
+def manifest_frames(split: Split, reference: Reference, earlier_deletions: Manifest | None = None) -> dict:
+    """The data frames the suites run on: one per manifest, and retain + forget (+ earlier deletions)
+    stacked as `train`."""
     import pandas as pd
 
     def frame(manifest: Manifest, ids: Sequence | None, labels: Sequence | None) -> pd.DataFrame:
@@ -285,7 +287,11 @@ def manifest_frames(split: Split, reference: Reference) -> dict:
     retain = frame(split.retain, reference.train_ids, reference.train_labels)
     forget = frame(split.forget, reference.train_ids, reference.train_labels)
     test = frame(split.test, reference.test_ids, reference.test_labels)
-    train = pd.concat([retain.assign(part="retain"), forget.assign(part="forget")], ignore_index=True)
+    parts = [retain.assign(part="retain"), forget.assign(part="forget")]
+    if earlier_deletions is not None:
+        deleted = frame(earlier_deletions, reference.train_ids, reference.train_labels)
+        parts.append(deleted.assign(part="deleted earlier"))
+    train = pd.concat(parts, ignore_index=True)
     return {"retain": retain, "forget": forget, "test": test, "train": train}
 
 
@@ -370,6 +376,7 @@ def validate_split(
     test_ids: Sequence[str] | None = None,
     test_labels: Sequence[int] | None = None,
     name: str | None = None,
+    earlier_deletions: Manifest | None = None,
 ) -> ValidationReport:
     """Run the suite on `split`; the report says which expectations failed (nothing is raised).
 
@@ -379,26 +386,33 @@ def validate_split(
         train_labels, test_ids, test_labels: more of the data set; each adds checks (rows agree
             with the data set; class-wise row counts). `validate_against` passes them all.
         name: the scenario's name in params.yaml, for the report (default: the split's kind).
+        earlier_deletions: samples deleted by earlier batches (a deletion batch's split): in
+            neither retain nor forget, they complete the partition of the training set.
     """
     reference = Reference(tuple(train_ids), test_size, num_classes,
                           None if train_labels is None else tuple(train_labels),
                           None if test_ids is None else tuple(test_ids),
                           None if test_labels is None else tuple(test_labels))  # fmt: skip
     checks = plan_checks(reference, expected_for(split, reference, scenario))
-    results = run_checks(checks, manifest_frames(split, reference))
+    results = run_checks(checks, manifest_frames(split, reference, earlier_deletions))
     sizes = {part: len(getattr(split, part)) for part in ("retain", "forget", "test")}
     success = all(result.success for result in results)
     return ValidationReport(name or split.scenario, split.scenario, success, results, split.digests(), sizes)
 
 
 def validate_against(
-    split: Split, bundle, scenario: Scenario | None = None, name: str | None = None
+    split: Split,
+    bundle,
+    scenario: Scenario | None = None,
+    name: str | None = None,
+    earlier_deletions: Manifest | None = None,
 ) -> ValidationReport:
     """Run the whole suite on `split` against the prepared data set `bundle` (a `DataBundle`)."""
     reference = Reference.of(bundle)
     return validate_split(split, reference.train_ids, reference.num_classes, reference.test_size, scenario,
                           train_labels=reference.train_labels, test_ids=reference.test_ids,
-                          test_labels=reference.test_labels, name=name)  # fmt: skip
+                          test_labels=reference.test_labels, name=name,
+                          earlier_deletions=earlier_deletions)  # fmt: skip
 
 
 def _scenario(params: Params, name: str) -> Scenario:

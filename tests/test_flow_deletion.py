@@ -111,6 +111,21 @@ def test_happy_path_registers_a_candidate_with_its_lineage(params_path):
     assert Path(f"data/splits/batches/{result['batch_id']}.dvc").is_file()  # versioned with DVC
 
 
+def test_a_second_batch_retains_neither_batchs_samples_and_registers(params_path):
+    """The retain set of batch 2 lacks batch 1's samples too, and its split still validates."""
+    from flows.deletion_batch import deletion_batch
+
+    submit(params_path, "req-first", ["digits/train/00020", "digits/train/00021"])
+    first = deletion_batch(params_path)
+    submit(params_path, "req-second", ["digits/train/00022"])
+    second = deletion_batch(params_path)
+    assert first["status"] == second["status"] == "registered" and second["requests"] == ["req-second"]
+    retain = Path(f"data/splits/batches/{second['batch_id']}/retain.csv").read_text().splitlines()
+    assert not {"digits/train/00020", "digits/train/00021", "digits/train/00022"} & {r.split(",")[0] for r in retain}
+    cumulative = Path(f"data/splits/batches/{second['batch_id']}/cumulative_forget.csv").read_text()
+    assert all(f"digits/train/0002{k}" in cumulative for k in range(3))
+
+
 def test_bad_request_is_rejected_with_its_reason_and_the_good_ones_go_on(params_path):
     from flows.deletion_batch import deletion_batch
 

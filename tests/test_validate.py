@@ -154,3 +154,24 @@ def test_stage_writes_the_report_and_exits_nonzero_on_a_bad_split(class_split, d
     assert not json.loads((tmp_path / "reports/validation/cw.json").read_text())["success"]
     assert main(["--scenario", "nope"]) == 2
     assert "no scenario 'nope'" in capsys.readouterr().err
+
+
+def test_a_later_deletion_batch_partitions_train_with_the_earlier_deletions(digits, tmp_path):
+    """Batch 2's retain set lacks batch 1's samples too: they complete the partition, and may not leak back."""
+    from tasks.ledger import Ledger, batch_split
+    from tasks.requests import DeletionRequest
+
+    ids = digits.train.ids
+    ledger = Ledger.load(tmp_path / "ledger.csv").extend("b1", [DeletionRequest(request_id="r1", sample_ids=ids[:3])])
+    ledger = ledger.extend("b2", [DeletionRequest(request_id="r2", sample_ids=ids[10:12])])
+    split, cumulative = batch_split(digits, ledger, "b2")
+    earlier = Manifest.of(digits.train, sorted(set(cumulative.indices) - set(split.forget.indices)))
+
+    report = validate_against(split, digits, name="b2", earlier_deletions=earlier)
+    assert report.success, [failure.describe() for failure in report.failures]
+    assert {f.expectation_type for f in validate_against(split, digits, name="b2").failures} == {
+        "expect_table_row_count_to_equal"
+    }
+    leaky = replace(split, retain=Manifest.of(digits.train, sorted([*split.retain.indices, earlier.indices[0]])))
+    leaked = validate_against(leaky, digits, name="b2", earlier_deletions=earlier)
+    assert "expect_column_values_to_be_unique" in {f.expectation_type for f in leaked.failures}
