@@ -82,10 +82,12 @@ class Config:
 
 # digits (class-wise class 0, UA / RA in %, 500 Fisher samples): alpha 1: 0 / 100, 3: 10.6 / 100,
 # 5: 90.8 / 99.2, 6: 100 / 98.0, 7: 100 / 95.4, 10: 100 / 79 (1,000 samples); 6 is the smallest
-# alpha that forgets the class. 500 of the 1,294 retain samples keep the m x m solve cheap.
+# alpha that forgets the class. Fisher samples set the cost (idle 2 cores, median of 3: 500 ->
+# 0.37-0.66 s = 12-19% of a digits retrain; 128 -> 0.20-0.25 s = 6-8%) and 128 ended no farther from
+# Retrain (class 1 and a 10% random draw, dense and 95% OMP: gap 3.44 -> 2.13, 0.49 -> 0.49, 2.14 -> 1.55).
 PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {},
-    "digits": {"alpha": 6.0, "num_fisher_samples": 500, "batch_size": 128, "per_sample_batch_size": 128},
+    "digits": {"alpha": 6.0, "num_fisher_samples": 128, "batch_size": 128, "per_sample_batch_size": 128},
 }
 
 
