@@ -41,9 +41,10 @@ test: $(INSTALLED) ## run the whole test suite, slow end-to-end tests included, 
 lint: $(INSTALLED) ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-benchmark: $(INSTALLED) ## trainer throughput, and every method's cost as a ratio to Retrain's
+benchmark: $(INSTALLED) ## trainer throughput, every method's cost as a ratio to Retrain's, a deletion batch's time
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/unlearn_cost.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/deletion_batch.py
 
 clean: ## remove generated outputs (keeps .venv and the DVC cache)
 	rm -rf data models metrics reports mlflow.db mlartifacts .pytest_cache

@@ -177,6 +177,14 @@ def existing_candidate(params: Params, batch: Batch):
     return version_for_batch(model_name(params), batch.batch_id)
 
 
+def batch_method_config(params: Params):
+    """How a batch unlearns: `deletion.method` with the values tuned for `deletion.tuned_scenario`."""
+    deletion = params.deletion
+    return method_config(
+        params, deletion.method, scenario=deletion.tuned_scenario, sparsity=deletion.sparsity, seed=deletion.seed
+    )
+
+
 def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
     """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
     champion = champion_version(params)
@@ -192,7 +200,7 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
         forget_set,
         device(),
         masks=checkpoint.masks,
-        config=method_config(params, method, seed=params.deletion.seed),
+        config=batch_method_config(params),
     )
     path = layout.batch_model_path(batch.batch_id)
     save_model(

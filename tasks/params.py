@@ -139,6 +139,9 @@ class DeletionParams(Strict):
     dvc_push: bool = True  # version the batch's split and the ledger with DVC and push them
     schedule: str = "0 * * * *"  # cron of the deletion-batch deployment (hourly)
     max_request_bytes: int = Field(1 << 20, gt=0)
+    # Deletion requests name arbitrary samples: a batch unlearns with the values `unlearn tune`
+    # found for this scenario (kind random by default) at the champion's sparsity; null: none.
+    tuned_scenario: str | None = "random"
 
     @field_validator("method")
     @classmethod
@@ -295,6 +298,14 @@ class Params(Strict):
                 method_config(self, method, **settings)
             except (ConfigError, TypeError) as error:
                 raise ValueError(f"unlearn.settings.{method}: {error}") from error
+        return self
+
+    @model_validator(mode="after")
+    def _deletion_scenario_exists(self) -> Params:
+        scenario = self.deletion.tuned_scenario
+        if scenario is not None and scenario not in self.split.scenarios:
+            known = ", ".join(self.split.scenarios)
+            raise ValueError(f"deletion.tuned_scenario: {scenario!r} is not a scenario of split.scenarios ({known})")
         return self
 
     @model_validator(mode="after")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,9 +103,17 @@ def test_tuning_splits_are_disjoint_from_the_reported_forget_set(digits):
 # --- params.yaml's tuned section (fast) -----------------------------------------------------
 
 
+def untuned_params(folder: Path) -> Path:
+    """The project's params.yaml with an empty `tuned` section (it ships tuned digits values)."""
+    text = (ROOT / "params.yaml").read_text()
+    empty = "".join(f"  {method}: {{}}\n" for method in SEARCH_SPACES)
+    path = folder / "params.yaml"
+    path.write_text(text[: text.index("\ntuned:")] + "\ntuned:\n" + empty)
+    return path
+
+
 def test_write_tuned_keeps_the_file_and_method_config_picks_values_up(tmp_path):
-    path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
+    path = untuned_params(tmp_path)
     before = path.read_text()
     write_tuned(path, "ga", "digits", "class_wise", 0.95, {"lr": 1e-7}, "gap 1.00 (defaults 9.00)")
     write_tuned(path, "ga", "digits", "class_wise", 0.0, {"lr": 0.003})
@@ -127,6 +134,23 @@ def test_write_tuned_keeps_the_file_and_method_config_picks_values_up(tmp_path):
     raw = yaml.safe_load(after)
     raw["unlearn"]["settings"]["ga"] = {"lr": 0.02}  # settings outrank tuned values
     assert method_config(parse_params(raw), "ga", scenario="class_wise", sparsity=0.95).lr == 0.02
+
+
+def test_the_deletion_batch_unlearns_with_the_values_tuned_for_its_scenario(tmp_path):
+    from tasks.deletion import batch_method_config
+
+    path = untuned_params(tmp_path)
+    write_tuned(path, "l1_sparse", "digits", "random", 0.95, {"gamma": 2e-4, "lr": 0.1})
+    raw = yaml.safe_load(path.read_text())
+    raw["deletion"].update(method="l1_sparse", sparsity=0.95, tuned_scenario="random")
+    assert (batch_method_config(parse_params(raw)).gamma, batch_method_config(parse_params(raw)).lr) == (2e-4, 0.1)
+    raw["deletion"]["sparsity"] = 0.5  # nothing tuned there
+    assert batch_method_config(parse_params(raw)).gamma == default_config("l1_sparse", "digits").gamma
+    raw["deletion"].update(sparsity=0.95, tuned_scenario=None)
+    assert batch_method_config(parse_params(raw)).gamma == default_config("l1_sparse", "digits").gamma
+    raw["deletion"]["tuned_scenario"] = "everything"
+    with pytest.raises(ConfigError, match="deletion.tuned_scenario.*'everything'"):
+        parse_params(raw)
 
 
 @pytest.mark.parametrize(
