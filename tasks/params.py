@@ -140,8 +140,8 @@ class DeletionParams(Strict):
     schedule: str = "0 * * * *"  # cron of the deletion-batch deployment (hourly)
     max_request_bytes: int = Field(1 << 20, gt=0)
     # Deletion requests name arbitrary samples: a batch unlearns with the values `unlearn tune`
-    # found for this scenario (kind random by default) at the champion's sparsity; null: none.
-    tuned_scenario: str | None = "random"
+    # found for this scenario at the champion's sparsity (params.yaml: random); null: none.
+    tuned_scenario: str | None = None
 
     @field_validator("method")
     @classmethod
@@ -303,9 +303,13 @@ class Params(Strict):
     @model_validator(mode="after")
     def _deletion_scenario_exists(self) -> Params:
         scenario = self.deletion.tuned_scenario
-        if scenario is not None and scenario not in self.split.scenarios:
-            known = ", ".join(self.split.scenarios)
-            raise ValueError(f"deletion.tuned_scenario: {scenario!r} is not a scenario of split.scenarios ({known})")
+        tuned = {name for by_preset in self.tuned.values() for by_name in by_preset.values() for name in by_name}
+        known = set(self.split.scenarios) | tuned
+        if scenario is not None and scenario not in known:
+            raise ValueError(
+                f"deletion.tuned_scenario: {scenario!r} is neither a scenario of split.scenarios nor one with "
+                f"tuned values ({', '.join(sorted(known))})"
+            )
         return self
 
     @model_validator(mode="after")

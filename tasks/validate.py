@@ -218,7 +218,7 @@ def _class_checks(classes: tuple[int, ...]) -> list[Check]:
     ]  # fmt: skip
 
 
-def _partition_checks(train_size: int) -> list[Check]:
+def _partition_checks(train_size: int, earlier_deletions: bool = False) -> list[Check]:
     """Retain and forget (stacked as part `train`, with a batch's earlier deletions) are disjoint and
     together the whole training set.
 
@@ -230,7 +230,8 @@ def _partition_checks(train_size: int) -> list[Check]:
                column="sample_id"),
         _check("train", "ExpectColumnValuesToBeUnique", "retain and forget share no index", column="index"),
         _check("train", "ExpectTableRowCountToEqual",
-               f"retain + forget (+ earlier deletions) rows = the training set's {train_size}", value=train_size),
+               f"retain + forget{' + earlier deletions' if earlier_deletions else ''} rows = the training set's "
+               f"{train_size}", value=train_size),
     ]  # fmt: skip
 
 
@@ -248,15 +249,15 @@ def _count_checks(expected: Expected) -> list[Check]:
     return checks
 
 
-def plan_checks(reference: Reference, expected: Expected) -> list[Check]:
-    """Every expectation the split must meet, in report order."""
+def plan_checks(reference: Reference, expected: Expected, earlier_deletions: bool = False) -> list[Check]:
+    """Every expectation the split must meet, in report order (`earlier_deletions`: a later batch's split)."""
     checks = []
     for part in ("retain", "forget", "test"):
         size = reference.test_size if part == "test" else reference.train_size
         checks += _manifest_checks(part, size, reference.num_classes)
     if expected.forgotten_classes is not None:
         checks += _class_checks(expected.forgotten_classes)
-    checks += _partition_checks(reference.train_size)
+    checks += _partition_checks(reference.train_size, earlier_deletions)
     checks += _agreement_checks("train", "training", True, reference.train_labels is not None)
     checks += _agreement_checks("test", "test", reference.test_ids is not None, reference.test_labels is not None)
     return checks + _count_checks(expected)
@@ -393,7 +394,7 @@ def validate_split(
                           None if train_labels is None else tuple(train_labels),
                           None if test_ids is None else tuple(test_ids),
                           None if test_labels is None else tuple(test_labels))  # fmt: skip
-    checks = plan_checks(reference, expected_for(split, reference, scenario))
+    checks = plan_checks(reference, expected_for(split, reference, scenario), earlier_deletions is not None)
     results = run_checks(checks, manifest_frames(split, reference, earlier_deletions))
     sizes = {part: len(getattr(split, part)) for part in ("retain", "forget", "test")}
     success = all(result.success for result in results)
