@@ -7,7 +7,10 @@ and registers the champion once (not timed), then for each run submits one reque
 one batch. Prints the median total, the unlearning compute (the method's RTE), the
 evaluation of the candidate, and the orchestration overhead (everything else: claiming,
 ledger, split + Great Expectations, DVC add/push, MLflow logging and registration, Prefect),
-then each flow task's time as Prefect recorded it. Target: total <= 60 s, overhead <= 50% of it.
+then each flow task's time as Prefect recorded it. "Registered" is when the register-candidate
+task ended (Prefect's record); the flow then moves the requests to done and Prefect closes the
+run (flushing its logs and events), which the last line adds. Target: <= 60 s to the registered
+candidate, overhead <= 50% of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -39,32 +44,45 @@ def setup_project(folder: Path, method: str, sparsity: float) -> None:
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def step_seconds(flow_run_id) -> dict[str, float]:
-    """Wall seconds of each task of a finished flow run, as Prefect recorded them."""
+@dataclass(frozen=True)
+class BatchTiming:
+    """One batch's figures: seconds from submit to the registered candidate and to the flow's end."""
+
+    registered: float
+    returned: float
+    unlearning: float
+    steps: dict[str, float]  # seconds of each flow task, as Prefect recorded them
+
+
+def task_runs(flow_run_id) -> list:
+    """The task runs of a finished flow run, in start order."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    # Task run names are the task's name and a suffix: `evaluate-candidate-9ff`.
-    ordered = sorted(runs, key=lambda run: run.start_time)
-    return {run.name.rsplit("-", 1)[0]: run.total_run_time.total_seconds() for run in ordered}
+    return sorted(runs, key=lambda run: run.start_time)
 
 
-def one_batch(run: int) -> tuple[float, float, dict[str, float]]:
-    """(seconds from submit to registered candidate, unlearning seconds, seconds per flow task) of one batch."""
+def one_batch(run: int) -> BatchTiming:
+    """Submit one request, run one batch, and time it."""
     from flows.deletion_batch import deletion_batch
     from tasks.requests import submit_request
 
     ids = [f"digits/train/{100 + 3 * run + k:05d}" for k in range(3)]
-    started = time.perf_counter()
+    submitted, started = datetime.now(UTC), time.perf_counter()
     submit_request("data/requests", sample_ids=ids, request_id=f"bench-{run}")
     state = deletion_batch("params.yaml", return_state=True)
-    total = time.perf_counter() - started
+    returned = time.perf_counter() - started
     result = state.result()
     if result["status"] != "registered":
         raise SystemExit(f"batch {run} did not register a candidate: {result}")
-    return total, result["metrics"]["RTE_seconds"], step_seconds(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id)
+    # Task run names are the task's name and a suffix: `register-candidate-7dd`.
+    steps = {task.name.rsplit("-", 1)[0]: task.total_run_time.total_seconds() for task in runs}
+    registered_at = next(task.end_time for task in runs if task.name.startswith("register-candidate"))
+    registered = (registered_at - submitted).total_seconds()
+    return BatchTiming(registered, returned, result["metrics"]["RTE_seconds"], steps)
 
 
 def main() -> None:
@@ -82,19 +100,24 @@ def main() -> None:
 
     train_original("params.yaml")
     one_batch(-1)  # warm-up: the first batch pays one-time imports and database set-up
-    totals, computes, steps = zip(*(one_batch(run) for run in range(args.runs)), strict=True)
-    total, compute = statistics.median(totals), statistics.median(computes)
-    evaluation = statistics.median(step["evaluate-candidate"] for step in steps)
-    overhead = total - compute - evaluation
+    runs = [one_batch(run) for run in range(args.runs)]
+
+    def median(figure) -> float:
+        return statistics.median(figure(timing) for timing in runs)
+
+    registered, returned = median(lambda t: t.registered), median(lambda t: t.returned)
+    compute, evaluation = median(lambda t: t.unlearning), median(lambda t: t.steps["evaluate-candidate"])
+    overhead = registered - compute - evaluation
     print(load_before)
     print(f"deletion batch on digits ({args.method}, sparsity {args.sparsity:.0%}), median of {args.runs}:")
-    print(f"  submit -> registered candidate  {total:7.2f} s   (target <= 60 s)")
-    print(f"  unlearning compute (RTE)        {compute:7.2f} s")
-    print(f"  evaluation (UA, RA, TA, MIA)    {evaluation:7.2f} s")
-    print(f"  orchestration overhead          {overhead:7.2f} s   ({overhead / total:.0%} of total; target <= 50%)")
+    print(f"  submit -> registered candidate  {registered:7.2f} s   (target <= 60 s)")
+    print(f"    unlearning compute (RTE)      {compute:7.2f} s")
+    print(f"    evaluation (UA, RA, TA, MIA)  {evaluation:7.2f} s")
+    print(f"    orchestration overhead        {overhead:7.2f} s   ({overhead / registered:.0%}; target <= 50%)")
+    print(f"  submit -> flow returned         {returned:7.2f} s   (+ requests moved to done, Prefect's flow end)")
     print("  per flow task (Prefect's records, median):")
-    for name in steps[0]:
-        print(f"    {name:22} {statistics.median(step.get(name, 0.0) for step in steps):7.2f} s")
+    for name in runs[0].steps:
+        print(f"    {name:22} {median(lambda t, name=name: t.steps.get(name, 0.0)):7.2f} s")
 
 
 if __name__ == "__main__":
