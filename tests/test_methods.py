@@ -211,3 +211,18 @@ def test_documented_defaults():
     assert (default_config("salun").rho, default_config("salun").lr) == (0.5, 0.013)
     assert default_config("retrain").train.epochs == 182
     assert default_config("retrain", "digits").train == get_preset("digits").train
+
+
+def test_the_optimizer_import_happens_before_any_method_is_timed():
+    """torch.optim imports torch._dynamo on its first optimizer: `run_method` must pay that untimed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from unlearn.methods import ready_for_timing\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "ready_for_timing()\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
