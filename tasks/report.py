@@ -341,7 +341,7 @@ def tuning_section(params: Params) -> str:
         "",
         "Avg. gap to Retrain on the tuning folds (forgetting disjoint from the reported forget set), "
         "with each method's defaults and with the values `tuned` in params.yaml holds; the study above "
-        "ran with the tuned values.",
+        "ran with the tuned values where a sparsity has them, with the defaults elsewhere.",
         "",
     ]
     searches = tuning_searches(params)
