@@ -193,6 +193,13 @@ class BackdoorParams(Strict):
         return values
 
 
+def _one_of(value: str | None, known, what: str) -> str | None:
+    """`value` if it is one of `known` (or None); else an error naming it and the known ones."""
+    if value is not None and value not in known:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+    return value
+
+
 class TransferParams(Strict):
     """Transfer after unlearning (PAPER.md 7.2): source and target tasks, what is forgotten, how.
 
@@ -224,23 +231,17 @@ class TransferParams(Strict):
     @field_validator("preset")
     @classmethod
     def _known_transfer_preset(cls, value: str) -> str:
-        if value not in TRANSFER_PRESETS:
-            raise ValueError(f"unknown transfer preset {value!r}; known: {', '.join(TRANSFER_PRESETS)}")
-        return value
+        return _one_of(value, TRANSFER_PRESETS, "transfer preset")
 
     @field_validator("source", "target")
     @classmethod
     def _known_dataset(cls, value: str | None) -> str | None:
-        if value is not None and value not in DATASETS:
-            raise ValueError(f"unknown data set {value!r}; known: {', '.join(DATASETS)}")
-        return value
+        return _one_of(value, DATASETS, "data set")
 
     @field_validator("recipe")
     @classmethod
     def _known_recipe(cls, value: str | None) -> str | None:
-        if value is not None and value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; known: {', '.join(PRESETS)}")
-        return value
+        return _one_of(value, PRESETS, "preset")
 
     @field_validator("method")
     @classmethod
