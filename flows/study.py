@@ -1,9 +1,9 @@
-"""Flow `study`: the paper's grid, stage for stage as dvc.yaml runs it, fanned out by a task runner.
+"""Flow `study`: the paper's grid with dvc.yaml's stage functions, fanned out by a task runner.
 
     prepare -> split, validate        (per scenario)
             -> train -> prune         (per sparsity)
-            -> retrain                (scenario x sparsity)
-               unlearn                (scenario x method x sparsity)
+            -> retrain                (scenario x sparsity; dvc.yaml: per scenario)
+               unlearn                (scenario x method x sparsity; dvc.yaml: scenario x method)
             -> evaluate               (scenario x method, Retrain included)
             -> report                 (reports/study.md, and a Prefect markdown artifact)
 

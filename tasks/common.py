@@ -39,16 +39,17 @@ def split(scenario: str) -> Split:
     return Split.load(layout.split_dir(scenario))
 
 
-def stage_main(description: str, run: Callable[..., object], *arguments: tuple[str, type]) -> None:
+def stage_main(description: str, run: Callable[..., object], *arguments: tuple) -> None:
     """Parse `--params` plus the stage's own arguments and call `run(params, ...)`.
 
-    Bad input ends the process with status 2 and the error's message, not a traceback.
+    An argument is `(name, type)`, required, or `(name, type, help)`, optional: left out, `run`
+    gets its default. Bad input ends the process with status 2 and the error's message.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default=str(layout.Path("params.yaml")))
-    for name, kind in arguments:
-        parser.add_argument(f"--{name}", type=kind, required=True)
-    args = vars(parser.parse_args())
+    for name, kind, *optional in arguments:
+        parser.add_argument(f"--{name}", type=kind, required=not optional, help=optional[0] if optional else None)
+    args = {name: value for name, value in vars(parser.parse_args()).items() if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     try:
