@@ -1,7 +1,7 @@
-"""Flow `backdoor_cleanse`: the Trojan-model cleanse (PAPER.md 7.1), stage for stage as dvc.yaml runs it.
+"""Flow `backdoor_cleanse`: the Trojan-model cleanse (PAPER.md 7.1) with dvc.yaml's stage functions.
 
-    prepare -> backdoor_train -> backdoor_prune      (per sparsity)
-            -> backdoor_cleanse                      (method x sparsity)
+    prepare -> backdoor_train -> backdoor_prune      (per sparsity; dvc.yaml: one stage)
+            -> backdoor_cleanse                      (method x sparsity; dvc.yaml: per method)
             -> backdoor_report                       (reports/backdoor.md, and a markdown artifact)
             -> register                              (the Trojan model and its best cleanse)
 

@@ -1,8 +1,8 @@
 """Stages `backdoor_train`, `backdoor_prune`, `backdoor_cleanse`, `backdoor_report` (PAPER.md 7.1).
 
     python -m tasks.backdoor train                                  the dense Trojan model
-    python -m tasks.backdoor prune --sparsity S                     the Trojan model, OMP-pruned
-    python -m tasks.backdoor cleanse --method M --sparsity S        unlearn the poisoned samples
+    python -m tasks.backdoor prune [--sparsity S]                   the Trojan model, OMP-pruned
+    python -m tasks.backdoor cleanse --method M [--sparsity S]      unlearn the poisoned samples
     python -m tasks.backdoor report                                 reports/backdoor.md + figure
 
 The poisoned training set is made from the prepared data set (data/raw/dataset.npz) in every
@@ -40,7 +40,8 @@ from unlearn.prune import prune, train_with_rewind
 from unlearn.splits import Manifest
 
 MODELS = layout.MODELS / "backdoor"
-METRICS = layout.METRICS / "backdoor"
+METRICS = layout.METRICS / "backdoor"  # one file per cleanse (method, sparsity)
+SUMMARY = layout.METRICS / "backdoor.json"  # all of them, by method and sparsity: the DVC metric
 REPORT = layout.REPORTS / "backdoor.md"
 FIGURE = layout.REPORTS / "backdoor" / "asr_sa_by_sparsity.png"
 # The paper's application trains its Trojan models with OMP (PAPER.md 7.1).
@@ -152,7 +153,13 @@ def load_trojan(path: Path, poisoned: Poisoned):
     return model, checkpoint
 
 
-def prune_trojan(params: Params, sparsity: float) -> Path:
+def prune_trojan(params: Params, sparsity: float | None = None) -> list[Path]:
+    """The Trojan model OMP-pruned to `sparsity` (None: to each of `backdoor.sparsities`, in one process)."""
+    chosen = params.backdoor.sparsities if sparsity is None else [sparsity]
+    return [prune_trojan_to(params, level) for level in chosen]
+
+
+def prune_trojan_to(params: Params, sparsity: float) -> Path:
     """The Trojan model OMP-pruned to `sparsity` (rewind, retrain on the poisoned set); 0 = the dense one."""
     (data, poisoned), chosen = poisoned_data(params), device()
     dense, checkpoint = load_trojan(dense_path(), poisoned)
@@ -185,7 +192,13 @@ def method_settings(params: Params, method: str):
         raise ConfigError(f"backdoor.settings.{method}: {error}") from error
 
 
-def cleanse_trojan(params: Params, method: str, sparsity: float) -> Path:
+def cleanse_trojan(params: Params, method: str, sparsity: float | None = None) -> list[Path]:
+    """Unlearn the poisoned samples with `method` at `sparsity` (None: at each of `backdoor.sparsities`)."""
+    chosen = params.backdoor.sparsities if sparsity is None else [sparsity]
+    return [cleanse_trojan_at(params, method, level) for level in chosen]
+
+
+def cleanse_trojan_at(params: Params, method: str, sparsity: float) -> Path:
     """Unlearn the poisoned samples from the Trojan model at `sparsity`; SA and ASR before and after."""
     (data, poisoned), chosen = poisoned_data(params), device()
     trojan, checkpoint = load_trojan(trojan_path(sparsity), poisoned)
@@ -301,12 +314,15 @@ def report_tables(params: Params) -> str:
 
 
 def build_report(params: Params) -> Path:
-    """Write reports/backdoor.md and its figure."""
+    """Write reports/backdoor.md, its figure and metrics/backdoor.json (every cleanse's SA and ASR)."""
     rows = load_rows(params)
     with tracked(params, "report", "backdoor-report", params.backdoor, application="backdoor") as log:
         drawn = figure(rows, FIGURE)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(render(params, rows, drawn))
+        summary = {method: {layout.sparsity_tag(row["sparsity"]): row for row in by_sparsity}
+                   for method, by_sparsity in rows.items()}  # fmt: skip
+        SUMMARY.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if log:
             log.log_artifacts([REPORT, drawn], "backdoor")
     return REPORT
@@ -314,8 +330,8 @@ def build_report(params: Params) -> Path:
 
 STAGES = {
     "train": (train_trojan, ()),
-    "prune": (prune_trojan, (("sparsity", float),)),
-    "cleanse": (cleanse_trojan, (("method", str), ("sparsity", float))),
+    "prune": (prune_trojan, (("sparsity", float, "one sparsity (default: every one)"),)),
+    "cleanse": (cleanse_trojan, (("method", str), ("sparsity", float, "one sparsity (default: every one)"))),
     "report": (build_report, ()),
 }
 

@@ -91,6 +91,8 @@ def test_repro_runs_every_stage_and_records_metrics(study):
     values = json.dumps(metrics)
     for name in ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds"):
         assert f'"{name}"' in values
+    cleanse = metrics[""]["data"]["metrics/backdoor.json"]["data"]["ft"]["s0.0"]
+    assert {"SA", "ASR", "SA_before", "ASR_before"} <= set(cleanse)
     assert "| FT |" in (repo / "reports" / "study.md").read_text()
     assert json.loads((repo / "reports/validation/class_wise.json").read_text())["success"] is True
 
