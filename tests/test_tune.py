@@ -19,7 +19,6 @@ from tasks.tune import (
     REFERENCE_ATTR,
     SEARCH_SPACES,
     comparison_table,
-    default_max_cost_share,
     make_problem,
     open_study,
     retrain_reference,
@@ -271,7 +270,6 @@ def test_a_study_resumes_only_with_its_own_budget(problem, reference, tmp_path):
     search(seeded_study(storage, reference), problem, 1, max_cost_share=0.6)
     with pytest.raises(ConfigError, match="max-cost-share 0.6"):
         search(open_study("ga", storage), problem, 2, max_cost_share=0.25)
-    assert default_max_cost_share("digits") == 0.6 and default_max_cost_share("cifar10") == 0.25
 
 
 @pytest.mark.slow
