@@ -320,7 +320,7 @@ def tune(
     address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Trials at a time; default: 1 (threads), 2 (dask).")] = None,
     max_cost_share: Annotated[
-        float | None, typer.Option(help="Budget: a trial's share of Retrain's time; default 0.25.")
+        float | None, typer.Option(help="Budget: a trial's share of Retrain's time; default 0.2.")
     ] = None,
     folds: Annotated[int, typer.Option(help="Tuning problems (classes, random draws) per trial.")] = 3,
     write: Annotated[bool, typer.Option(help="Write the best values to params.yaml's `tuned`.")] = True,

@@ -7,7 +7,7 @@ unlearning of class-wise forgetting with its digits defaults (median of `--repea
 UA and RA beside it. Targets (issue 3): FT, l1_sparse, IU <= 8% of Retrain; FF <= 10%.
 
 The paper's FT and l1-sparse run 10 epochs against Retrain's 182 (5.5%). On digits they run
-4 against Retrain's 20 (within finding (c)'s quarter, not the target's 8%): their ratio is
+3 against Retrain's 20 (within finding (c)'s quarter, not the target's 8%): their ratio is
 set by that epoch count, not by the code. The last rows run them at the paper's proportion
 (round(20 * 10 / 182) = 1 epoch) to show what meeting the target costs in forgetting on
 digits (docs/architecture.md, "Choices").

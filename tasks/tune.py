@@ -12,10 +12,10 @@ as the reported scenario, on samples the reported forget set does not contain, f
   reported retain set only; the reported forget samples stay in every tuning retain set.
 
 Cost constraint: a trial whose unlearning takes more than `max_cost_share` of Retrain's
-wall time (mean over the folds) is over budget (default 0.25: finding (c)'s "small fraction"
-of Retrain, `DEFAULT_MAX_COST_SHARE`). It is still evaluated (the comparison table shows its gap) but
-told to Optuna as PRUNED, which TPE ranks below every completed trial, and it is never
-chosen as best. Wall times depend on the machine's load: the Retrain
+wall time (mean over the folds) is over budget (default 0.2, under the 0.25 at which the
+report checks finding (c), "a small fraction of Retrain": `DEFAULT_MAX_COST_SHARE`). It is
+still evaluated (the comparison table shows its gap) but told to Optuna as PRUNED, which TPE
+ranks below every completed trial, and it is never chosen as best. Wall times depend on the machine's load: the Retrain
 reference and the trials should run under the same concurrency (see flows/tune.py).
 
 The search is resumable: the study lives in an Optuna storage (default sqlite `optuna.db`),
@@ -57,10 +57,12 @@ from unlearn.splits import Split, by_ids, class_wise
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-DEFAULT_MAX_COST_SHARE = RTE_RATIO_LIMIT  # the report checks finding (c) against the same share
+# A fifth under the share the report checks finding (c) against: one configuration's wall time
+# differs by ~10% between the tuning folds and the study (a 5-epoch FT: 0.24 here, 0.27 there).
+DEFAULT_MAX_COST_SHARE = round(0.8 * RTE_RATIO_LIMIT, 2)
 # One budget for every preset. digits had 0.6 until 2026-12-01, admitting the paper's 10 epochs of
 # FT and l1-sparse, half of digits' 20-epoch Retrain: closer to Retrain, but no longer the cheap
-# unlearning the paper measures (finding (c)). Its iterative methods now default to 4 epochs.
+# unlearning the paper measures (finding (c)). Its iterative methods now default to 3 epochs.
 REFERENCE_ATTR = "retrain_reference"
 ROLE_ATTR = "role"  # "defaults" on the enqueued defaults trial
 # Tuning problems per search: the best values for one forgotten class need not forget another

@@ -44,7 +44,7 @@ class Config(IterativeConfig):
 # With this preset's theta_o (20 epochs, width 32), dense, class 0: UA 100 / RA 87.2 / TA 88.0.
 PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
-    "digits": {"batch_size": 128, "gamma": 5e-3, "lr": 0.05, "epochs": 4},  # epochs: see ft.py
+    "digits": {"batch_size": 128, "gamma": 5e-3, "lr": 0.05, "epochs": 3},  # epochs: see ft.py
 }
 
 
