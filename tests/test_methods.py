@@ -204,7 +204,7 @@ def test_run_method_rejects_unknown_names_and_wrong_configs(digits_original, set
 
 def test_documented_defaults():
     digits_l1 = default_config("l1_sparse", "digits")
-    assert (digits_l1.gamma, digits_l1.lr, digits_l1.batch_size) == (5e-3, 0.05, 128)
+    assert (digits_l1.gamma, digits_l1.lr, digits_l1.batch_size) == (1e-4, 0.2, 128)
     assert (digits_l1.schedule, digits_l1.epochs, digits_l1.no_l1_epochs) == ("linear_decay", 3, 0)
     assert {default_config(name, "digits").epochs for name in ("ft", "rl", "salun")} == {3}
     assert default_config("l1_sparse").gamma == 1e-4
