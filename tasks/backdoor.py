@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tasks import layout
-from tasks.common import bundle, device, load_model, preset, save_model, stage_main, tracked
+from tasks.common import bundle, device, load_model, preset, save_model, sparsities_to_run, stage_main, tracked
 from tasks.params import Params, flatten
 from tasks.report import label, sparsity_label
 from unlearn.backdoor import (
@@ -155,8 +155,7 @@ def load_trojan(path: Path, poisoned: Poisoned):
 
 def prune_trojan(params: Params, sparsity: float | None = None) -> list[Path]:
     """The Trojan model OMP-pruned to `sparsity` (None: to each of `backdoor.sparsities`, in one process)."""
-    chosen = params.backdoor.sparsities if sparsity is None else [sparsity]
-    return [prune_trojan_to(params, level) for level in chosen]
+    return [prune_trojan_to(params, level) for level in sparsities_to_run(sparsity, params.backdoor.sparsities)]
 
 
 def prune_trojan_to(params: Params, sparsity: float) -> Path:
@@ -194,8 +193,8 @@ def method_settings(params: Params, method: str):
 
 def cleanse_trojan(params: Params, method: str, sparsity: float | None = None) -> list[Path]:
     """Unlearn the poisoned samples with `method` at `sparsity` (None: at each of `backdoor.sparsities`)."""
-    chosen = params.backdoor.sparsities if sparsity is None else [sparsity]
-    return [cleanse_trojan_at(params, method, level) for level in chosen]
+    every = params.backdoor.sparsities
+    return [cleanse_trojan_at(params, method, level) for level in sparsities_to_run(sparsity, every)]
 
 
 def cleanse_trojan_at(params: Params, method: str, sparsity: float) -> Path:

@@ -60,6 +60,11 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
         raise SystemExit(2) from error
 
 
+def sparsities_to_run(sparsity: float | None, every: list[float]) -> list[float]:
+    """[sparsity], or `every` one when None: dvc.yaml's stages loop in one process (docs/architecture.md)."""
+    return every if sparsity is None else [sparsity]
+
+
 def save_model(path, model: torch.nn.Module, params: Params, data: DataBundle, masks=None, **metadata):
     """Checkpoint `model` with the metadata every stage records (arch, data set, preset)."""
     recipe = preset(params)

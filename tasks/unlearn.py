@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 
 from tasks import layout
-from tasks.common import bundle, device, load_model, save_model, split, stage_main, tracked
+from tasks.common import bundle, device, load_model, save_model, sparsities_to_run, split, stage_main, tracked
 from tasks.params import Params, flatten, method_config
 from unlearn.methods import run_method
 
@@ -22,9 +22,8 @@ def unlearn(params: Params, scenario: str, method: str, sparsity: float | None =
     """Run `method` on each seed's original at `sparsity` (None: at each of `prune.sparsities`)."""
     data, chosen, chosen_split = bundle(), device(), split(scenario)
     retain_set, forget_set = chosen_split.retain_set(data), chosen_split.forget_set(data)
-    sparsities = params.prune.sparsities if sparsity is None else [sparsity]
     written = []
-    for level, seed in itertools.product(sparsities, params.train.seeds):
+    for level, seed in itertools.product(sparsities_to_run(sparsity, params.prune.sparsities), params.train.seeds):
         original_path = layout.pruned_path(level, seed)
         original, checkpoint = load_model(original_path)
         config = method_config(params, method, scenario=scenario, sparsity=level, seed=seed)
