@@ -165,6 +165,12 @@ def test_cleanse_config_overrides_only_what_a_cleanse_needs():
     config = cleanse_config("l1_sparse", "digits")
     assert (config.gamma, config.lr, config.epochs, config.no_l1_epochs) == (1e-2, 0.01, 20, 10)
     assert cleanse_config("l1_sparse", "digits", gamma=1e-3).gamma == 1e-3
-    assert config.batch_size == default_config("l1_sparse", "digits").batch_size
     assert config.schedule == default_config("l1_sparse", "digits").schedule
+    # the cleanse keeps batch 128 and a constant LR, not the one-epoch class-wise recipe
+    for method in ("ft", "l1_sparse"):
+        cleanse = cleanse_config(method, "digits")
+        assert (cleanse.batch_size, cleanse.lr_schedule) == (128, "constant")
+        defaults = default_config(method, "digits")
+        assert (defaults.batch_size, defaults.lr_schedule) == (32, "cosine")
+    assert (cleanse_config("ft", "digits").epochs, cleanse_config("ft", "digits").lr) == (3, 0.01)
     assert cleanse_config("ft", "cifar10") == default_config("ft", "cifar10")

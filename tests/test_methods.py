@@ -129,6 +129,27 @@ def test_l1_sparse_shrinks_the_l1_norm_more_than_ft(digits_original, sets, cpu):
     assert l1_of(tuned.model) < 0.95 * l1_of(plain.model)
 
 
+def test_l1_gradient_is_the_gradient_of_the_penalty():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0, :2] = 0.0  # pruned weights: |.| has subgradient 0 there, and stays put
+    config = l1_sparse.Config(gamma=0.3, epochs=4)
+    inputs = torch.randn(5, 4)
+    gamma = l1_sparse.gamma_at(config, 1)
+    (model(inputs).sum() + gamma * l1_sparse.l1_norm(model)).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(inputs).sum().backward()
+    data_gradient = model[0].weight.grad.clone()
+    with torch.no_grad():
+        l1_sparse.l1_gradient(config)(model, 1)
+    for got, want in zip((p.grad for p in model.parameters()), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    added = model[0].weight.grad - data_gradient
+    assert torch.all(added[0, :2] == 0) and torch.allclose(added[1], gamma * model[0].weight[1].sign())
+
+
 @pytest.mark.parametrize(
     ("schedule", "no_l1", "expected"),
     [
@@ -147,6 +168,10 @@ def test_gamma_schedules(schedule, no_l1, expected):
 def test_l1_sparse_rejects_bad_settings():
     with pytest.raises(ConfigError, match="schedule"):
         l1_sparse.Config(schedule="cosine")
+    with pytest.raises(ConfigError, match="lr_schedule 'warm'"):
+        l1_sparse.Config(lr_schedule="warm")
+    with pytest.raises(ConfigError, match="lr_schedule 'warm'"):
+        default_config("ft", "digits", lr_schedule="warm")
     with pytest.raises(ConfigError, match="no_l1_epochs"):
         l1_sparse.Config(epochs=3, no_l1_epochs=4)
 
@@ -204,9 +229,13 @@ def test_run_method_rejects_unknown_names_and_wrong_configs(digits_original, set
 
 def test_documented_defaults():
     digits_l1 = default_config("l1_sparse", "digits")
-    assert (digits_l1.gamma, digits_l1.lr, digits_l1.batch_size) == (1e-4, 0.2, 128)
-    assert (digits_l1.schedule, digits_l1.epochs, digits_l1.no_l1_epochs) == ("linear_decay", 3, 0)
-    assert {default_config(name, "digits").epochs for name in ("ft", "rl", "salun")} == {3}
+    assert (digits_l1.gamma, digits_l1.lr, digits_l1.batch_size) == (1e-4, 0.2, 32)
+    assert (digits_l1.schedule, digits_l1.epochs, digits_l1.no_l1_epochs) == ("linear_decay", 1, 0)
+    digits_ft = default_config("ft", "digits")
+    assert (digits_ft.epochs, digits_ft.batch_size, digits_ft.lr_schedule) == (1, 32, "cosine")
+    assert digits_ft.train_config().schedule == "cosine"
+    assert {default_config(name, "digits").epochs for name in ("rl", "salun")} == {3}
+    assert default_config("ft").lr_schedule == "constant"
     assert default_config("l1_sparse").gamma == 1e-4
     assert (default_config("ga").lr, default_config("ga").epochs) == (1e-4, 5)
     assert (default_config("salun").rho, default_config("salun").lr) == (0.5, 0.013)

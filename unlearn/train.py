@@ -119,6 +119,7 @@ def fit(
     epoch_labels: Callable[[int], Tensor] | None = None,
     start_epoch: int = 0,
     after_step: Callable[[nn.Module], None] | None = None,
+    add_gradient: Callable[[nn.Module, int], None] | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> History:
     """Train `model` in place on `data` with SGD and return the per-epoch history.
@@ -129,6 +130,9 @@ def fit(
         epoch_labels: labels for all of `data` at an epoch (random labelling).
         start_epoch: resume the schedule here (OMP's weight and LR rewinding).
         after_step: called after each optimiser step (after masks are re-applied).
+        add_gradient: called with the model and the epoch after each backward pass, to add the
+            gradient of a penalty known in closed form (l1-sparse's gamma * sign(theta)), which is
+            cheaper than differentiating the penalty through autograd at every step.
         on_epoch_end: called with the finished epoch's index and the model.
     """
     torch.manual_seed(config.seed + start_epoch)
@@ -169,6 +173,9 @@ def fit(
                 loss = objective(logits.float(), targets, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if add_gradient is not None:
+                with torch.no_grad():
+                    add_gradient(model, epoch)
             mask_gradients(model, masks)
             optimizer.step()
             apply_masks(model, masks)
