@@ -9,7 +9,7 @@ the method's time over that round's Retrain time. Targets (issue 3): FT, l1_spar
 
 The paper's FT and l1-sparse run 10 epochs against Retrain's 182 (5.5%); on digits they run
 its share of Retrain's 20 epochs, one, at batch 32 with a cosine LR (unlearn/methods/ft.py),
-so their ratio is that epoch's cost: a batch-32 epoch costs ~1.4 batch-128 epochs of Retrain.
+so their ratio is that epoch's cost: a batch-32 epoch cost 1.5-1.7 batch-128 epochs here.
 The last rows run them at batch 128 for comparison (cheaper, but at digits' defaults they
 forget no class: see UA).
 """

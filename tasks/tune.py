@@ -94,7 +94,7 @@ SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
 # reset around 1e-6..1e-5; FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so FT,
 # RL and SalUn may go up to lr 0.2-0.5, where fine-tuning starts to overwrite what theta_o knew.
 # None drops a parameter: digits' FT and l1-sparse keep their one epoch (the paper's share of
-# Retrain's epochs, issue 3's 8% of its time; a second epoch at batch 32 costs ~0.14x).
+# Retrain's epochs, issue 3's 8% of its time; a second epoch at batch 32 doubles that).
 PRESET_SEARCH_SPACES: dict[str, dict[str, dict[str, BaseDistribution | None]]] = {
     "digits": {
         "ft": {"lr": _log(1e-3, 0.5), "epochs": None},
