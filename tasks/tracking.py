@@ -11,7 +11,8 @@ Where it goes is configuration only:
                          MLFLOW_S3_ENDPOINT_URL for an S3-compatible server). With a server
                          URI and no root, the server's `--artifacts-destination` decides.
   MLFLOW_EXPERIMENT_NAME default `unlearn`
-Nothing credential-like is ever logged: see `sanitize`.
+Nothing credential-like is ever logged: see `sanitize`. Print the tracking URI as
+`display_uri()`, which blanks out its password.
 """
 
 from __future__ import annotations
@@ -132,32 +133,240 @@ def ensure_experiment(name: str | None = None) -> str:
     except MlflowException as error:
         if error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # created meanwhile
             return store.get_experiment_by_name(name).experiment_id
-        raise TrackingError(f"MLflow store {redact(uri)} refused experiment {name!r}: {error}") from error
+        message = redact(str(error))
+        cause = error if message == str(error) else None  # a cause quoting the password stays out
+        raise TrackingError(f"MLflow store {display_uri(uri)} refused experiment {name!r}: {message}") from cause
 
 
 # --- sanitising ----------------------------------------------------------------------------
+#
+# Keys are judged by their words, not by substrings: `_key_words` splits a key at
+# non-alphanumerics and camelCase boundaries (`dbPassword` -> db, password;
+# `AWS_SECRET_ACCESS_KEY` -> aws, secret, access, key), so `monkey`, `keyboard`, `author` and
+# `tokenizer` are ordinary words while `pwd`, `auth` and `x-api-key` are credentials.
 
-SECRET_KEY = re.compile(r"secret|passw(or)?d|token|key|credential", re.IGNORECASE)
-_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/\s@:]*:[^/\s@]*@", re.IGNORECASE)
-_AWS_ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
-_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
 REDACTED = "***"
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwords",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "passcode",
+        "secret",
+        "secrets",
+        "token",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "cred",
+        "creds",
+        "cookie",
+        "cookies",
+        "session",
+        "sessionid",
+        "apikey",
+        "apikeys",
+        "accesskey",
+        "secretkey",
+        "privatekey",
+        "signature",
+        "bearer",
+        "jwt",
+        "otp",
+        "hmac",
+    }
+)
+# One-word compounds ending so are credentials too: `pgpassword`, `clientsecret`, `hftoken`.
+SECRET_SUFFIXES = ("password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey", "privatekey")
+# `pass` is a credential only as the last word (`db_pass`), not in `pass_rate` or `pass_at_k`.
+LAST_WORD_SECRETS = frozenset({"pass"})
+# `key` / `keys` is a credential only right after one of these (`api_key`, `AWS_ACCESS_KEY_ID`).
+KEY_QUALIFIERS = frozenset(
+    {
+        "api",
+        "access",
+        "private",
+        "secret",
+        "signing",
+        "encryption",
+        "ssh",
+        "master",
+        "client",
+        "account",
+        "storage",
+        "subscription",
+        "license",
+    }
+)
+# A key ending in one of these names a property of a credential, not the credential:
+# `session_count`, `token_type`, `password_min_length`, `auth_enabled`.
+PROPERTY_WORDS = frozenset(
+    {
+        "count",
+        "length",
+        "len",
+        "size",
+        "limit",
+        "min",
+        "max",
+        "ttl",
+        "timeout",
+        "expiry",
+        "expires",
+        "enabled",
+        "required",
+        "type",
+        "mode",
+        "method",
+    }
+)
+
+
+def _key_words(key: str) -> list[str]:
+    return [word.lower() for word in _WORD.findall(key)]
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a param or tag name suggests a credential (secret, password, token, key, ...)."""
-    return bool(SECRET_KEY.search(key))
+    """Whether a param, tag or field name names a credential, judged word by word.
+
+    The key is split into lower-case words at non-alphanumerics and camelCase boundaries
+    (`dbPassword` -> db, password; `mlflow.tracking.password`; `x-api-key`). It is secret if
+    - a word is in `SECRET_WORDS` (password, passwd, pwd, passphrase, secret, token, auth,
+      authorization, credential(s), cookie, session, apikey, privatekey, signature, bearer, jwt,
+      ...) or is one word ending in `SECRET_SUFFIXES` (`pgpassword`, `clientsecret`, `hftoken`);
+    - its last word is `pass` (`db_pass`; but `pass_rate` is not);
+    - a word `key`/`keys` follows one of `KEY_QUALIFIERS` (api, access, private, secret,
+      signing, encryption, ssh, master, client, ...): `api_key`, `AWS_ACCESS_KEY_ID`;
+    unless its last word is in `PROPERTY_WORDS` (count, length, size, limit, ttl, timeout,
+    type, mode, enabled, ...), which names a property of a credential: `session_count`,
+    `token_type`. Trailing numbers are ignored (`password2`). So `monkey`, `keyboard`, `key`,
+    `sort_key`, `public_key`, `author`, `passes`, `tokenizer` and `max_tokens` are ordinary.
+    """
+    words = _key_words(key)
+    while words and words[-1].isdigit():
+        words.pop()
+    if not words or words[-1] in PROPERTY_WORDS:
+        return False
+    if words[-1] in LAST_WORD_SECRETS:
+        return True
+    for before, word in zip([""] + words, words, strict=False):
+        if word in SECRET_WORDS or word.endswith(SECRET_SUFFIXES):
+            return True
+        if word in ("key", "keys") and before in KEY_QUALIFIERS:
+            return True
+    return False
+
+
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+# scheme://user:password@ : the password runs to the last `@` before the path, query or fragment.
+_URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^\s/?#@:]*):[^\s/?#]*@", re.IGNORECASE)
+# scheme://userinfo@ without a colon: a user name (kept) or a token (blanked), see `_token_like`.
+_URI_USER = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://)(?P<user>[^\s/?#@:]+)@", re.IGNORECASE)
+# Authorization / Cookie headers: the whole value (to the closing quote or the end of the line).
+_HEADER = re.compile(
+    r"(?P<head>\b(?:authorization|set-cookie|cookie)(?P<q>[\"']?)[ \t]*[:=][ \t]*(?P<vq>[\"']?))"
+    r"(?P<value>[^\r\n\"']*[^\s\"'])",
+    re.IGNORECASE,
+)
+_SCHEME_TOKEN = re.compile(r"(?P<head>\b(?P<scheme>(?i:bearer|basic))[ \t]+)(?P<token>[A-Za-z0-9\-._~+/]{8,}=*)")
+# key=value, key: value, "key": "value", key='value'; redacted when `is_secret_key(key)`. The
+# value is matched ahead only, so keys inside another key's value (a URI's query) are found too.
+_PAIR = re.compile(
+    r"(?<![\w./:@%+])(?P<q>[\"']?)(?P<key>[A-Za-z_][\w.\-]*)(?P=q)(?P<sep>[ \t]*[:=][ \t]*)"
+    r"(?=(?P<value>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|[^\s&;\"'<>]+))"
+)
+# A 40-character AWS-style secret shortly after the word secret (`AWS secret key: wJalr...`).
+_AWS_SECRET = re.compile(
+    r"(?P<head>(?:secrets?|Secrets?|SECRETS?)(?![a-z])[^\n]{0,30}?)(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
+_AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+# Tokens recognisable by their prefix: GitHub, GitLab, Slack, OpenAI, Hugging Face, JWTs.
+_KNOWN_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|sk-(?=[A-Za-z0-9_\-]*[0-9])[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{20,}"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)"
+)
+
+
+def _token_like(text: str) -> bool:
+    """A known token, an AWS key id, or 20+ characters of [A-Za-z0-9_-] mixing letters and digits."""
+    if _KNOWN_TOKEN.fullmatch(text) or _AWS_ACCESS_KEY_ID.fullmatch(text):
+        return True
+    return (
+        len(text) >= 20
+        and re.fullmatch(r"[A-Za-z0-9_\-]+", text) is not None
+        and any(c.isdigit() for c in text)
+        and any(c.isalpha() for c in text)
+    )
+
+
+def _scheme_token(match: re.Match[str]) -> str:
+    """`Bearer ***` / `Basic ***`, unless the word after the scheme reads as prose."""
+    token = match["token"]
+    basic = match["scheme"].lower() == "basic"  # base64 of user:password, padded to 4n characters
+    base64 = len(token) % 4 == 0 and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", token) is not None
+    prose = re.fullmatch(r"[a-z]+", token) is not None or (basic and not base64)
+    return match[0] if prose else f"{match['head']}{REDACTED}"
+
+
+def _redact_pairs(text: str) -> str:
+    """`text` with the values of its secret `key=value` / `key: value` pairs blanked out."""
+    parts, done = [], 0
+    for match in _PAIR.finditer(text):
+        if match.start() < done or not is_secret_key(match["key"]):
+            continue
+        value = match["value"]
+        quote = value[0] if value[0] in "\"'" else ""
+        # a quoted value keeps its quotes; closing brackets and a trailing comma after an
+        # unquoted one belong to the text around the pair
+        tail = quote or value[len(value.rstrip(",)]}")) :]
+        parts += [text[done : match.end()], f"{quote}{REDACTED}{tail}"]
+        done = match.end() + len(value)
+    return "".join([*parts, text[done:]])
 
 
 def redact(value: str) -> str:
-    """`value` with URI user:password parts, AWS access key ids and private keys blanked out."""
-    value = _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", value)
+    """`value` with the credentials inside it replaced by `***`; ordinary text is kept as it is.
+
+    Blanked out: private key blocks; the password of a URI's userinfo (`postgresql://user:pw@host`
+    -> `postgresql://user:***@host`, the user name kept); a userinfo without a colon only when it
+    looks like a token (`https://ghp_...@github.com` -> `https://***@github.com`, while
+    `ssh://git@github.com` stays); Authorization and Cookie header values; `Bearer <token>` and
+    `Basic <base64>`; values of secret keys (`is_secret_key`) in `key=value`, `key: value`,
+    `"key": "value"` and query strings (`?token=abc&x=1` -> `?token=***&x=1`); a 40-character
+    AWS-style secret shortly after the word secret; AWS access key ids (AKIA..., ASIA...) and
+    tokens with a known prefix (ghp_, github_pat_, glpat-, xoxb-, sk-, hf_, JWTs).
+    Kept: `lr=0.1`, `key=value`, `monkey=3`, URIs without credentials.
+    """
+    value = _PRIVATE_KEY.sub(REDACTED, value)
+    value = _URI_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", value)
+    value = _URI_USER.sub(lambda m: f"{m['head']}{REDACTED}@" if _token_like(m["user"]) else m[0], value)
+    value = _HEADER.sub(lambda m: f"{m['head']}{REDACTED}", value)
+    value = _SCHEME_TOKEN.sub(_scheme_token, value)
+    value = _redact_pairs(value)
+    value = _AWS_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", value)
     value = _AWS_ACCESS_KEY_ID.sub(REDACTED, value)
-    return _PRIVATE_KEY.sub(REDACTED, value)
+    return _KNOWN_TOKEN.sub(REDACTED, value)
+
+
+def display_uri(uri: str | None = None) -> str:
+    """`uri` (the configured tracking URI by default) fit to print, log or show in an artefact.
+
+    The password of its userinfo and any token in it are replaced by `***`; the rest (scheme,
+    user name, host, port, path) is kept: `postgresql://mlflow:***@db:5432/mlflow`.
+    """
+    return redact(tracking_uri() if uri is None else uri)
 
 
 def sanitize(values: Mapping[str, Any], limit: int = MAX_TAG_VAL_LENGTH) -> dict[str, str]:
     """Params or tags as strings fit to log: credential-like keys dropped, values redacted.
+
+    Keys for which `is_secret_key` holds are left out (a warning names them, never their values);
+    every other value is passed through `redact`.
 
     Args:
         limit: the longest value the store takes; longer values are cut (and say so).

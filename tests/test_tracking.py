@@ -71,17 +71,185 @@ def test_credential_like_keys_are_dropped(key):
 
 
 @pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        # secret: a credential word anywhere, split at separators and camelCase
+        ("password", True),
+        ("pwd", True),
+        ("PASSWD", True),
+        ("passphrase", True),
+        ("auth", True),
+        ("Authorization", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("AWS_SESSION_TOKEN", True),
+        ("dbPassword", True),
+        ("mlflow.tracking.password", True),
+        ("password2", True),
+        ("client_secret", True),
+        ("clientSecret", True),
+        ("PGPASSWORD", True),  # one word ending in password
+        ("hf_token", True),
+        ("OAuth2Token", True),
+        ("credentials_file", True),
+        ("cookie", True),
+        ("session_id", True),
+        ("request.signature", True),
+        ("bearer", True),
+        # secret: `key` right after api / access / private / secret / ssh / ...
+        ("api_key", True),
+        ("x-api-key", True),
+        ("APIKey", True),
+        ("apikey", True),
+        ("AWS_ACCESS_KEY_ID", True),
+        ("private_key", True),
+        ("ssh_key_path", True),
+        # secret: `pass` as the last word
+        ("db_pass", True),
+        ("pass", True),
+        # ordinary: credential words only inside other words
+        ("monkey", False),
+        ("keyboard", False),
+        ("author", False),
+        ("authors", False),
+        ("passes", False),
+        ("passage", False),
+        ("tokenizer", False),
+        ("max_tokens", False),
+        ("secretary", False),
+        # ordinary: `key` alone or after other words
+        ("key", False),
+        ("sort_key", False),
+        ("public_key", False),
+        ("primaryKey", False),
+        # ordinary: `pass` not last; a property of a credential (last word count, type, ...)
+        ("pass_rate", False),
+        ("session_count", False),
+        ("token_type", False),
+        ("password_min_length", False),
+        ("auth_enabled", False),
+        # ordinary: this project's params
+        ("train.lr", False),
+        ("pin_memory", False),
+        ("promote.min_ua", False),
+        ("dvc.data/raw/dataset.npz", False),
+        ("mlflow.source.git.commit", False),
+    ],
+)
+def test_secret_keys_are_judged_by_words(key, secret):
+    assert tracking.is_secret_key(key) is secret
+
+
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5" * 4
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("postgresql://mlflow:hunter2@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
-        ("see https://user:pw@host/x and s3://bucket/y", "see https://***@host/x and s3://bucket/y"),
+        # URI userinfo: the user name stays, the password goes
+        ("postgresql://mlflow:hunter2@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        ("postgresql+psycopg2://u:p@ss@db/x", "postgresql+psycopg2://u:***@db/x"),
+        ("see https://user:pw@host/x and s3://bucket/y", "see https://user:***@host/x and s3://bucket/y"),
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        # userinfo without a colon: a token goes, a user name stays
+        (f"https://{GITHUB_TOKEN}@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("https://a1b2c3d4e5f6a7b8c9d0e1f2@host/x", "https://***@host/x"),
+        ("ssh://git@github.com/o/r.git", "ssh://git@github.com/o/r.git"),
+        ("https://alice@example.com/x", "https://alice@example.com/x"),
+        # headers and authorisation schemes
+        ("Authorization: Bearer abc.def.ghi", "Authorization: ***"),
+        ("curl -H 'Authorization: Basic dXNlcjpwYXNz' http://h", "curl -H 'Authorization: ***' http://h"),
+        ("Bearer eyJhbGciOi.payload123.sig", "Bearer ***"),
+        ("Basic dXNlcjpwYXNz", "Basic ***"),
+        ("X-Api-Key: abc123", "X-Api-Key: ***"),
+        ("Cookie: sid=abc; theme=dark", "Cookie: ***"),
+        ("Basic usage of bearer tokens", "Basic usage of bearer tokens"),
+        # inline secret pairs in several spellings
+        ("password=hunter2 lr=0.1", "password=*** lr=0.1"),
+        ("pwd: hunter2", "pwd: ***"),
+        ("token=abc, x=1", "token=***, x=1"),
+        ('api_key="abc123"', 'api_key="***"'),
+        ("secret: s3", "secret: ***"),
+        ("DB_PASSWORD = 'two words'", "DB_PASSWORD = '***'"),
+        ("--password=hunter2 --lr 0.1", "--password=*** --lr 0.1"),
+        ("(password=abc), x", "(password=***), x"),
+        ("jdbc:sqlserver://h;user=u;password=pw;db=x", "jdbc:sqlserver://h;user=u;password=***;db=x"),
+        # query strings and JSON-ish mappings
+        ("https://h/x?token=abc&x=1", "https://h/x?token=***&x=1"),
+        ("mysql://u:pw@h/db?password=pw2&ssl=true", "mysql://u:***@h/db?password=***&ssl=true"),
+        ('{"password": "x", "user": "u"}', '{"password": "***", "user": "u"}'),
+        ("{'db_password': 'x', 'lr': 0.1}", "{'db_password': '***', 'lr': 0.1}"),
+        # AWS, private keys, known token prefixes
         ("key id AKIAABCDEFGHIJKLMNOP here", "key id *** here"),
+        (f"export AWS_SECRET_ACCESS_KEY={AWS_SECRET}", "export AWS_SECRET_ACCESS_KEY=***"),
+        (f"AWS secret key: {AWS_SECRET}", "AWS secret key: ***"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- tail", "*** tail"),
+        (f"git push with {GITHUB_TOKEN}", "git push with ***"),
+        # ordinary text stays as it is
+        ("lr=0.1, key=value", "lr=0.1, key=value"),
+        ("monkey=3 author=Jane passes=2", "monkey=3 author=Jane passes=2"),
         ("http://127.0.0.1:5000/path", "http://127.0.0.1:5000/path"),
+        ("https://mlflow.internal:5000/#/experiments?id=1", "https://mlflow.internal:5000/#/experiments?id=1"),
+        ("sqlite:////tmp/x/mlflow.db", "sqlite:////tmp/x/mlflow.db"),
+        ("commit 0123456789abcdef0123456789abcdef01234567", "commit 0123456789abcdef0123456789abcdef01234567"),
         ("data/external", "data/external"),
     ],
 )
 def test_credentials_in_values_are_redacted(value, expected):
+    assert tracking.redact(value) == expected
     assert tracking.sanitize({"where": value}) == {"where": expected}
+    assert tracking.redact(expected) == expected  # redacting twice changes nothing
+
+
+def test_sanitize_drops_secret_keys_keeps_others_and_redacts_values(caplog):
+    values = {
+        "pwd": "hunter2",
+        "x-api-key": "k-123",
+        "dbPassword": "hunter2",
+        "auth": "u:hunter2",
+        "monkey": 3,
+        "sort_key": "name",
+        "author": "Jane",
+        "train.lr": 0.05,
+        "store": "postgresql://u:hunter2@db/mlflow",
+        "note": "Bearer tok-abc123 and token=hunter2",
+        "long": "x" * 600,
+    }
+    with caplog.at_level("WARNING", logger=tracking.__name__):
+        clean = tracking.sanitize(values, limit=500)
+    assert clean == {
+        "monkey": "3",
+        "sort_key": "name",
+        "author": "Jane",
+        "train.lr": "0.05",
+        "store": "postgresql://u:***@db/mlflow",
+        "note": "Bearer *** and token=***",
+        "long": "x" * 488 + "...[cut]",
+    }
+    assert "auth, dbPassword, pwd, x-api-key" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_display_uri_and_store_errors_hide_the_password(monkeypatch):
+    uri = "postgresql://mlflow:hunter2@db:5432/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.display_uri() == "postgresql://mlflow:***@db:5432/mlflow"
+    assert tracking.display_uri("http://mlflow.internal:5000") == "http://mlflow.internal:5000"
+
+    class RefusingClient:
+        def __init__(self, tracking_uri):
+            self.uri = tracking_uri
+
+        def get_experiment_by_name(self, name):
+            raise tracking.MlflowException(f"cannot reach {self.uri}")
+
+    monkeypatch.setattr(tracking, "MlflowClient", RefusingClient)
+    monkeypatch.setattr(tracking.mlflow, "set_tracking_uri", lambda uri: None)
+    with pytest.raises(tracking.TrackingError) as raised:
+        tracking.ensure_experiment("unlearn")
+    assert "hunter2" not in str(raised.value)
+    assert "postgresql://mlflow:***@db:5432/mlflow refused experiment 'unlearn'" in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no traceback quoting it
 
 
 def test_unknown_run_kind_and_logging_outside_a_run_are_errors(store):
@@ -147,7 +315,7 @@ def _check_everything(run_id: str, digits) -> None:
     assert tags["dvc.data/raw/dataset.npz"] == "0123abcd"
     assert tags["split.forget.digest"] == split.forget.digest()
     assert "aws_secret_access_key" not in tags
-    assert tags["store"] == "postgresql://***@db/mlflow"
+    assert tags["store"] == "postgresql://u:***@db/mlflow"
     assert {a.path for a in store.list_artifacts(run_id)} == {"seed0.pt", "table.md"}
 
 
