@@ -1,10 +1,16 @@
 """The deletion ledger: every training sample ever deleted, by which request, in which batch, when.
 
-One CSV file (`data/ledger/ledger.csv`: sample_id, request_id, batch_id, deleted_at), only
-ever extended, one batch at a time, and written atomically (temporary file + rename). Its
-digest names the set of deletions a model has forgotten. Extending with a batch that is
-already recorded does nothing, so a deletion batch that crashed after writing the ledger can
-simply run again.
+One CSV file (`data/ledger/ledger.csv`: sample_id, request_id, batch_id, deleted_at,
+previous_digest), only ever extended, one batch at a time, and written atomically (temporary
+file + rename). Its digest names the set of deletions a model has forgotten. Extending with a
+batch that is already recorded does nothing, so a deletion batch that crashed after writing
+the ledger can simply run again.
+
+Tamper evidence: the rows of each batch carry `previous_digest`, the digest of the ledger
+before that batch, so removing or editing a row of any earlier batch breaks the chain
+(`Ledger.verify`). The last batch has no successor to vouch for it: the registry version
+made from each batch records the ledger's digest and row count after it (the anchor, checked
+by `check_anchor` at the start of every batch).
 """
 
 from __future__ import annotations
@@ -28,11 +34,18 @@ from unlearn.errors import DuplicateSampleIdError, UnlearnError, preview
 from unlearn.splits import Manifest, Split, _split_from_forget, resolve_ids
 
 DEFAULT_LEDGER = Path("data/ledger/ledger.csv")
-COLUMNS = ("sample_id", "request_id", "batch_id", "deleted_at")
+# The columns a deletion is; the digest covers these alone, so digests recorded before the chain
+# column existed still name the same deletions.
+DELETION_COLUMNS = ("sample_id", "request_id", "batch_id", "deleted_at")
+COLUMNS = (*DELETION_COLUMNS, "previous_digest")
 
 
 class LedgerError(UnlearnError, ValueError):
     """A ledger file that cannot be read, or a question about a batch it does not hold."""
+
+
+class LedgerTamperedError(LedgerError):
+    """The ledger no longer matches its own chain or what the registry recorded of it."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Deletion:
     request_id: str
     batch_id: str
     deleted_at: str
+    previous_digest: str = ""  # the ledger's digest before this row's batch (the chain)
 
 
 @dataclass(frozen=True)
@@ -83,12 +97,57 @@ class Ledger:
         later = set(batches[batches.index(batch_id) :])
         return replace(self, rows=tuple(r for r in self.rows if r.batch_id not in later))
 
+    def through(self, batch_id: str) -> Ledger:
+        """The ledger as it was right after `batch_id` was recorded; an error if it never was."""
+        batches = self.batches()
+        if batch_id not in batches:
+            raise LedgerError(f"{self.path} records no deletions for batch {batch_id!r}")
+        kept = set(batches[: batches.index(batch_id) + 1])
+        return replace(self, rows=tuple(r for r in self.rows if r.batch_id in kept))
+
+    def verify(self) -> None:
+        """Check the chain: each batch's rows carry the digest of every row before them.
+
+        Raises:
+            LedgerTamperedError: naming the first batch whose predecessors were removed or edited.
+        """
+        for batch_id in self.batches():
+            recorded = {row.previous_digest for row in self.rows if row.batch_id == batch_id}
+            actual = self.before(batch_id).digest()
+            if recorded != {actual}:
+                shown = ", ".join(sorted(d[:12] for d in recorded))
+                raise LedgerTamperedError(
+                    f"{self.path} was changed: batch {batch_id}'s rows record the ledger before them as "
+                    f"{shown}, but the {len(self.before(batch_id).rows)} rows before them now digest to "
+                    f"{actual[:12]} (a row of an earlier batch was removed, added or edited)"
+                )
+
+    def check_anchor(self, batch_id: str, digest: str, rows: int | None, where: str) -> None:
+        """Check the ledger through `batch_id` against the digest (and row count) `where` recorded.
+
+        Raises:
+            LedgerTamperedError: the batch is missing, or its rows differ from what was recorded.
+        """
+        if batch_id not in self.batches():
+            raise LedgerTamperedError(
+                f"{self.path} was changed: it lacks batch {batch_id}, which {where} recorded "
+                f"({rows if rows is not None else 'some'} rows through it)"
+            )
+        through = self.through(batch_id)
+        if through.digest() != digest:
+            count = f"{len(through.rows)} rows now, {rows} recorded" if rows is not None else "rows differ"
+            raise LedgerTamperedError(
+                f"{self.path} was changed: through batch {batch_id} it digests to {through.digest()[:12]}, "
+                f"but {where} recorded {digest[:12]} ({count}): a row was removed, added or edited"
+            )
+
     def extend(self, batch_id: str, requests: Sequence[DeletionRequest], deleted_at: datetime | None = None) -> Ledger:
         """This ledger plus `requests`' samples as batch `batch_id`, unsaved; a recorded batch: no-op."""
         if batch_id in self.batches():
             return self
         stamp = (deleted_at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-        new = [Deletion(s, r.request_id, batch_id, stamp) for r in requests for s in r.sample_ids]
+        chain = self.digest()
+        new = [Deletion(s, r.request_id, batch_id, stamp, chain) for r in requests for s in r.sample_ids]
         counts = Counter(d.sample_id for d in new)
         deleted = self.deleted_ids()
         repeated = sorted(s for s, n in counts.items() if n > 1 or s in deleted)
@@ -99,11 +158,11 @@ class Ledger:
             )
         return replace(self, rows=self.rows + tuple(new))
 
-    def to_csv(self) -> str:
+    def to_csv(self, columns: tuple[str, ...] = COLUMNS) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows((r.sample_id, r.request_id, r.batch_id, r.deleted_at) for r in self.rows)
+        writer.writerow(columns)
+        writer.writerows(tuple(getattr(row, column) for column in columns) for row in self.rows)
         return buffer.getvalue()
 
     def save(self) -> Path:
@@ -122,26 +181,39 @@ class Ledger:
         return self.path
 
     def digest(self) -> str:
-        """sha256 of the rows sorted by sample id: the same deletions give the same digest."""
+        """sha256 of the deletions sorted by sample id: the same deletions give the same digest."""
         ordered = replace(self, rows=tuple(sorted(self.rows, key=lambda r: r.sample_id)))
-        return hashlib.sha256(ordered.to_csv().encode()).hexdigest()
+        return hashlib.sha256(ordered.to_csv(DELETION_COLUMNS).encode()).hexdigest()
 
 
 def _parse(text: str, source: str) -> tuple[Deletion, ...]:
     reader = csv.reader(io.StringIO(text))
     header = tuple(next(reader, ()))
-    if header != COLUMNS:
+    if header not in (COLUMNS, DELETION_COLUMNS):  # the latter: a ledger written before the chain
         raise LedgerError(f"{source}: header {header} is not {COLUMNS}")
     rows = []
     for line, fields in enumerate(reader, start=2):
-        if len(fields) != len(COLUMNS) or not all(fields):
-            raise LedgerError(f"{source}, line {line}: expected {len(COLUMNS)} non-empty fields: {fields}")
+        if len(fields) != len(header) or not all(fields):
+            raise LedgerError(f"{source}, line {line}: expected {len(header)} non-empty fields: {fields}")
         rows.append(Deletion(*fields))
+    if header == DELETION_COLUMNS:
+        rows = _chained(rows)
     counts = Counter(row.sample_id for row in rows)
     repeated = sorted(s for s, n in counts.items() if n > 1)
     if repeated:
         raise LedgerError(f"{source}: samples recorded more than once: {preview(repeated)}")
     return tuple(rows)
+
+
+def _chained(rows: list[Deletion]) -> list[Deletion]:
+    """Rows of a ledger written before the chain column, given the chain they would have had."""
+    chained: list[Deletion] = []
+    digests: dict[str, str] = {}
+    for row in rows:
+        if row.batch_id not in digests:
+            digests[row.batch_id] = Ledger(rows=tuple(chained)).digest()
+        chained.append(replace(row, previous_digest=digests[row.batch_id]))
+    return chained
 
 
 def validate_batch(

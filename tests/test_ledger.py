@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.ledger import Ledger, LedgerError, batch_split, validate_batch
+from tasks.ledger import Ledger, LedgerError, LedgerTamperedError, batch_split, validate_batch
 from tasks.requests import DeletionRequest
 from unlearn.errors import DuplicateSampleIdError, UnknownSampleIdError
 
@@ -42,8 +42,9 @@ def test_extend_save_and_load_round_trip(ledger):
     assert loaded.deleted_ids() == set(train(1, 2, 3))
     assert loaded.batches() == ["b1"] and loaded.sample_ids_of("b1") == train(1, 2, 3)
     header, first, *_ = ledger.path.read_text().splitlines()
-    assert header == "sample_id,request_id,batch_id,deleted_at"
-    assert first == "digits/train/00001,r1,b1,2025-01-31T12:00:00+00:00"
+    empty_digest = Ledger().digest()  # the first batch's rows chain to the empty ledger
+    assert header == "sample_id,request_id,batch_id,deleted_at,previous_digest"
+    assert first == f"digits/train/00001,r1,b1,2025-01-31T12:00:00+00:00,{empty_digest}"
 
 
 def test_extending_with_a_recorded_batch_does_nothing(ledger):
@@ -150,3 +151,74 @@ def test_batch_split_refuses_a_ledger_naming_unknown_samples(digits, tmp_path):
     ledger = Ledger.load(tmp_path / "ledger.csv").extend("b1", [request("r1", "cifar10/train/00001")])
     with pytest.raises(UnknownSampleIdError, match="cifar10"):
         batch_split(digits, ledger, "b1")
+
+
+# --- tamper evidence ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_batches(ledger):
+    """b1 (samples 1-3), b2 (4, 5), b3 (6), saved."""
+    grown = ledger.extend("b2", [request("r3", *train(4, 5))], deleted_at=T0).extend(
+        "b3", [request("r4", *train(6))], deleted_at=T0
+    )
+    grown.save()
+    return grown
+
+
+def _drop_line(path, text: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if text not in line))
+
+
+def test_an_untouched_ledger_verifies_and_matches_its_anchors(three_batches):
+    loaded = Ledger.load(three_batches.path)
+    loaded.verify()
+    for batch in ("b1", "b2", "b3"):
+        through = three_batches.through(batch)
+        loaded.check_anchor(batch, through.digest(), len(through.rows), "v9")
+
+
+@pytest.mark.parametrize("removed", ["digits/train/00002", "digits/train/00004"])
+def test_removing_a_row_of_an_earlier_batch_breaks_the_chain(three_batches, removed):
+    _drop_line(three_batches.path, removed)
+    with pytest.raises(LedgerTamperedError, match="batch b[23]'s rows record the ledger before them"):
+        Ledger.load(three_batches.path).verify()
+
+
+def test_editing_an_earlier_row_breaks_the_chain(three_batches):
+    text = three_batches.path.read_text()
+    three_batches.path.write_text(text.replace("digits/train/00001,r1", "digits/train/00001,r-forged"))
+    with pytest.raises(LedgerTamperedError, match="b2"):
+        Ledger.load(three_batches.path).verify()
+
+
+def test_removing_a_row_of_the_last_batch_is_caught_by_the_anchor(three_batches):
+    """The chain cannot vouch for the last batch; the registry's anchor of it does."""
+    grown = three_batches.extend("b4", [request("r5", *train(7, 8))], deleted_at=T0)
+    grown.save()
+    anchor = grown.through("b4")
+    _drop_line(grown.path, "digits/train/00008")
+    tampered = Ledger.load(grown.path)
+    tampered.verify()  # nothing after b4 chains to it
+    with pytest.raises(LedgerTamperedError, match=r"through batch b4 .* \(7 rows now, 8 recorded\)"):
+        tampered.check_anchor("b4", anchor.digest(), len(anchor.rows), "registry version v7")
+
+
+def test_removing_the_last_batch_whole_is_caught_by_the_anchor(three_batches):
+    anchor = three_batches.through("b3")
+    _drop_line(three_batches.path, "digits/train/00006")
+    tampered = Ledger.load(three_batches.path)
+    tampered.verify()
+    with pytest.raises(LedgerTamperedError, match="lacks batch b3, which registry version v8 recorded"):
+        tampered.check_anchor("b3", anchor.digest(), len(anchor.rows), "registry version v8")
+
+
+def test_a_ledger_written_before_the_chain_column_loads_chained(tmp_path, three_batches):
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text(three_batches.to_csv(("sample_id", "request_id", "batch_id", "deleted_at")))
+    loaded = Ledger.load(legacy)
+    loaded.verify()
+    assert loaded.digest() == three_batches.digest() and [r.previous_digest for r in loaded.rows] == [
+        r.previous_digest for r in three_batches.rows
+    ]
