@@ -59,6 +59,11 @@ REQUEST_IDS_TAG = "request_ids"
 REQUEST_COUNT_TAG = "request_count"
 BATCH_TAG = "batch_id"
 LEDGER_TAG = "ledger_digest"
+# The ledger anchor: which ledger, through which batch, how many rows (with LEDGER_TAG, its digest).
+# Every version whose training left deletions out carries it; each batch checks the ledger against it.
+LEDGER_PATH_TAG = "ledger.path"
+LEDGER_BATCH_TAG = "ledger.batch"
+LEDGER_ROWS_TAG = "ledger.rows"
 METHOD_TAG = "method"
 SPARSITY_TAG = "sparsity"
 PARENT_TAG = "parent_version"
@@ -124,6 +129,8 @@ class Lineage:
     split_digests: Mapping[str, str]
     method: str
     parent_version: str | None
+    ledger_path: str | None = None
+    ledger_rows: int | None = None
 
     def tags(self) -> dict[str, str]:
         """The version tags naming the requests, batch, ledger, splits, method and parent."""
@@ -138,9 +145,68 @@ class Lineage:
             METHOD_TAG: self.method,
         }
         tags.update(tracking.split_digest_tags(self.split_digests))
+        if self.ledger_path is not None:
+            tags.update(ledger_anchor_tags(self.ledger_path, self.batch_id, self.ledger_digest, self.ledger_rows))
         if self.parent_version is not None:
             tags[PARENT_TAG] = str(self.parent_version)
         return tags
+
+
+def ledger_anchor_tags(path: str, batch_id: str, digest: str, rows: int | None) -> dict[str, str]:
+    """Tags saying a version's data left out the ledger at `path` through `batch_id` (digest, rows)."""
+    tags = {LEDGER_PATH_TAG: str(Path(path)), LEDGER_BATCH_TAG: batch_id, LEDGER_TAG: digest}
+    if rows is not None:
+        tags[LEDGER_ROWS_TAG] = str(rows)
+    return tags
+
+
+@dataclass(frozen=True)
+class LedgerAnchor:
+    """What one registry version recorded of the ledger: through which batch, its digest and rows."""
+
+    version: str
+    batch_id: str
+    digest: str
+    rows: int | None
+
+
+def ledger_anchors(name: str, ledger_path: str, store: MlflowClient | None = None) -> list[LedgerAnchor]:
+    """Every version of `name` anchored to the ledger at `ledger_path`, oldest first."""
+    store = store or tracking.client()
+    path = str(Path(ledger_path)).replace("'", "\\'")
+    found = store.search_model_versions(f"name = '{name}' and tags.`{LEDGER_PATH_TAG}` = '{path}'")
+    anchors = [
+        LedgerAnchor(
+            str(v.version),
+            v.tags[LEDGER_BATCH_TAG],
+            v.tags[LEDGER_TAG],
+            int(v.tags[LEDGER_ROWS_TAG]) if LEDGER_ROWS_TAG in v.tags else None,
+        )
+        for v in found
+        if LEDGER_BATCH_TAG in v.tags and LEDGER_TAG in v.tags
+    ]
+    return sorted(anchors, key=lambda anchor: int(anchor.version))
+
+
+class CheckpointTamperedError(RegistryError):
+    """A registered checkpoint whose bytes differ from the digest recorded when it was registered."""
+
+
+def verify_checkpoint(version: ModelVersion, path: str | Path) -> Path:
+    """`path` if its sha256 is the one recorded on `version` (CHECKPOINT_TAG); else raise."""
+    recorded = version.tags.get(CHECKPOINT_TAG)
+    if not recorded:
+        raise CheckpointTamperedError(
+            f"{version.name} v{version.version} records no {CHECKPOINT_TAG}: its checkpoint cannot be verified"
+        )
+    actual = _file_sha256(Path(path))
+    if actual != recorded:
+        raise CheckpointTamperedError(
+            f"{version.name} v{version.version}'s checkpoint {Path(path).name} has sha256 {actual[:12]}, but "
+            f"{recorded[:12]} was recorded when it was registered: it was replaced or changed since; "
+            "refusing to use it"
+        )
+    return Path(path)
 
 
 def metric_tags(metrics: Mapping[str, float], prefix: str = METRIC_PREFIX) -> dict[str, str]:
@@ -350,6 +416,12 @@ def get_version(name: str, version: str | int, store: MlflowClient | None = None
         ) from None
 
 
+def versions_of_batch(name: str, batch_id: str, store: MlflowClient | None = None) -> list[ModelVersion]:
+    """The versions of `name` registered for deletion batch `batch_id` (at most one, by construction)."""
+    store = store or tracking.client()
+    return list(store.search_model_versions(f"name = '{name}' and tags.{BATCH_TAG} = '{batch_id}'"))
+
+
 def version_by_alias(name: str, alias: str, store: MlflowClient | None = None) -> ModelVersion | None:
     """The version `alias` points at, or None if the alias (or the registered model) is not set."""
     store = store or tracking.client()
@@ -521,11 +593,14 @@ class Promotion:
     reason: str
     forced: bool
     gates: tuple[GateResult, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def _promotion_tags(promotion: Promotion) -> dict[str, str]:
     gates = {g.name: {"passed": g.passed, "value": g.value, "threshold": g.threshold} for g in promotion.gates}
+    warnings = {f"{PROMOTION_PREFIX}warnings": " | ".join(promotion.warnings)} if promotion.warnings else {}
     return {
+        **warnings,
         f"{PROMOTION_PREFIX}reviewer": promotion.reviewer,
         f"{PROMOTION_PREFIX}time": promotion.time,
         f"{PROMOTION_PREFIX}reason": promotion.reason,
@@ -572,6 +647,14 @@ def promote(
             "Fix the model, or pass --force with --reason to override.",
             result.failed,
         )
+    warnings = lineage_warnings(name, result.version, result.champion, store)
+    if warnings and not force:
+        raise PromotionError(
+            f"{name} version {result.version}: {'; '.join(warnings)}. Promote the candidate made from the "
+            "champion, or pass --force with --reason to promote this one anyway (recorded as forced)."
+        )
+    for warning in warnings:
+        log.warning("%s: forced promotion of v%s: %s", name, result.version, warning)
     promotion = Promotion(
         name,
         result.version,
@@ -581,6 +664,7 @@ def promote(
         (reason or "").strip(),
         force,
         result.gates,
+        tuple(warnings),
     )
     _record_and_move(promotion, store)
     log.info(
@@ -592,6 +676,32 @@ def promote(
         " (forced)" if force else "",
     )
     return promotion
+
+
+def ancestors(name: str, version: str, store: MlflowClient | None = None) -> list[str]:
+    """`version` and the versions it was made from (its `parent_version` chain), newest first."""
+    store = store or tracking.client()
+    chain: list[str] = []
+    current: str | None = str(version)
+    while current and current not in chain:
+        chain.append(current)
+        current = get_version(name, current, store).tags.get(PARENT_TAG)
+    return chain
+
+
+def lineage_warnings(name: str, version: str, champion: str | None, store: MlflowClient | None = None) -> list[str]:
+    """Why promoting `version` could undo deletions: older than the candidate, or not made from the champion."""
+    store = store or tracking.client()
+    warnings = []
+    candidate = version_by_alias(name, CANDIDATE, store)
+    if candidate is not None and int(version) < int(candidate.version):
+        warnings.append(f"v{version} is older than the candidate v{candidate.version}")
+    if champion is not None and champion not in ancestors(name, version, store):
+        warnings.append(
+            f"v{version} is not descended from the champion v{champion}, so it may not have forgotten "
+            "what the champion forgot"
+        )
+    return warnings
 
 
 def _require_no_champion(name: str) -> None:

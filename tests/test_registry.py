@@ -200,6 +200,23 @@ def test_a_forced_promotion_needs_a_reason_and_is_recorded(store):
         registry.promote(failing, "ana", "again", force=True, name=NAME, gates=GATES)
 
 
+def test_promoting_an_older_or_unrelated_version_is_refused_unless_forced_and_then_recorded(store):
+    set_alias("champion", cheap_version("original", {"TA": 97.0}))
+    stale = cheap_version("unlearned", GOOD, lineage("r1", batch="b1"))
+    stranger = cheap_version("unlearned", GOOD, lineage("r2", parent=None, batch="b2"))
+    set_alias("candidate", cheap_version("unlearned", GOOD, lineage("r3", batch="b3")))
+    with pytest.raises(registry.PromotionError, match=f"v{stale} is older than the candidate v4"):
+        registry.promote(stale, "ana", name=NAME, gates=GATES)
+    with pytest.raises(registry.PromotionError, match=f"v{stranger} is not descended from the champion v1"):
+        registry.promote(stranger, "ana", name=NAME, gates=GATES)
+    assert alias("champion") == "1"
+    done = registry.promote(stale, "ana", "rollback ordered", force=True, name=NAME, gates=GATES)
+    assert done.forced and done.warnings == (f"v{stale} is older than the candidate v4",)
+    assert registry.get_version(NAME, stale).tags["promotion.warnings"] == done.warnings[0]
+    forced = registry.promote(stranger, "bo", "legal hold", force=True, name=NAME, gates=GATES)
+    assert any("not descended from the champion v2" in w for w in forced.warnings)
+
+
 def test_history_follows_the_champion_lineage_with_its_requests(store):
     original = cheap_version("original", {"TA": 97.0})
     set_alias("champion", original)
@@ -233,7 +250,7 @@ def test_nothing_credential_like_reaches_params_or_tags(store, checkpoints):
     for mapping in stored:
         assert not [key for key in mapping if tracking.is_secret_key(key)]
         assert not [value for value in mapping.values() if "hunter2" in value or "tok-123" in value]
-    assert run.data.params["store"] == "postgresql://***@db/x"
+    assert run.data.params["store"] == "postgresql://u:***@db/x"  # the user kept, the password gone
 
 
 def test_the_cli_reviews_promotes_and_lists_history(store, tmp_path, monkeypatch):
