@@ -1,7 +1,11 @@
 """`params.yaml`, loaded into pydantic models: DVC params, Prefect flow parameters, MLflow params.
 
 Each stage reads only its own group, so DVC invalidates precisely. A bad value fails fast
-with a `ConfigError` naming the key (`unlearn.settings.l1_sparse.gama: unknown setting`).
+with a `ConfigError` naming the key (`unlearn.settings.l1_sparse.gama: unknown setting`), at
+load time: values are checked as their types say (strictly: "3" is no integer, true no number)
+and every method setting (`unlearn.settings`, `tuned`, `backdoor.settings`, `transfer.settings`)
+is built into its method's config, whose checks (`unlearn.config`) name the setting
+(`unlearn.settings.ft.lr: must be a number, got 'fast'`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.layout import sparsity_tag
+from unlearn.backdoor import cleanse_config
+from unlearn.config import SettingError, replace_checked
 from unlearn.data import DATASETS
 from unlearn.errors import ConfigError
 from unlearn.methods import METHOD_NAMES, default_config
@@ -27,9 +33,13 @@ PARAMS_FILE = Path("params.yaml")
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
+    """Unknown keys are errors: a typo must not silently fall back to a default.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Values are not coerced (strict mode): "2.0" is no number, true no number nor integer, 2.5
+    no integer, "yes" no boolean; an integer is a number.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataParams(Strict):
@@ -139,6 +149,10 @@ class DeletionParams(Strict):
     dvc_push: bool = True  # version the batch's split and the ledger with DVC and push them
     schedule: str = "0 * * * *"  # cron of the deletion-batch deployment (hourly)
     max_request_bytes: int = Field(1 << 20, gt=0)
+    # How long a batch waits for another one to finish (the ledger's lock, Prefect's slot) before it stops.
+    lock_timeout_seconds: float = Field(600.0, gt=0)
+    # Prefect server only: the slot's lease; a killed worker's slot is freed this long after its last renewal.
+    lease_seconds: float = Field(60.0, ge=60)
     # Deletion requests name arbitrary samples: a batch unlearns with the values `unlearn tune`
     # found for this scenario at the champion's sparsity (params.yaml: random); null: none.
     tuned_scenario: str | None = None
@@ -294,11 +308,32 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _settings_fit_methods(self) -> Params:
-        for method, settings in self.unlearn.settings.items():
-            try:
-                method_config(self, method, **settings)
+        for method in self.unlearn.settings:
+            try:  # method_config reads unlearn.settings itself
+                method_config(self, method)
             except (ConfigError, TypeError) as error:
-                raise ValueError(f"unlearn.settings.{method}: {error}") from error
+                raise _keyed(f"unlearn.settings.{method}", error) from error
+        return self
+
+    @model_validator(mode="after")
+    def _cleanse_settings_fit_methods(self) -> Params:
+        for method, settings in self.backdoor.settings.items():
+            try:  # as tasks.backdoor.method_settings builds the cleanse config
+                cleanse_config(method, self.data.preset, **{"seed": self.backdoor.seed, **settings})
+            except (ConfigError, TypeError) as error:
+                raise _keyed(f"backdoor.settings.{method}", error) from error
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_settings_fit_method(self) -> Params:
+        group = self.transfer
+        if "seed" in group.settings:
+            raise ValueError("transfer.settings.seed: set transfer.seed, which seeds the whole transfer run")
+        recipe = group.spec().recipe or self.data.preset  # tasks.transfer.source_recipe's preset
+        try:  # as tasks.transfer.transfer_config builds the method's config
+            default_config(group.method, recipe, seed=group.seed, **group.settings)
+        except (ConfigError, TypeError) as error:
+            raise _keyed("transfer.settings", error) from error
         return self
 
     @model_validator(mode="after")
@@ -321,8 +356,21 @@ class Params(Strict):
             for preset, by_scenario in by_preset.items():
                 for scenario, by_sparsity in by_scenario.items():
                     for tag, values in by_sparsity.items():
-                        _check_tuned(f"tuned.{method}.{preset}.{scenario}.{tag}", method, preset, tag, values)
+                        where = f"tuned.{method}.{preset}.{scenario}.{tag}"
+                        _check_tuned(where, method, preset, tag, values)
+                        if preset == self.data.preset:  # what runs: with unlearn.settings on top
+                            try:
+                                method_config(self, method, scenario=scenario, sparsity=float(tag[1:]))
+                            except (ConfigError, TypeError) as error:
+                                raise ValueError(f"{where} with unlearn.settings.{method}: {error}") from error
         return self
+
+
+def _keyed(key: str, error: Exception) -> ValueError:
+    """`error` as a message naming `key`: a setting's full key where the error names one."""
+    if isinstance(error, SettingError):
+        return ValueError(error.under(key))
+    return ValueError(f"{key}: {error}")
 
 
 def _check_tuned(where: str, method: str, preset: str, tag: str, values: dict[str, Any]) -> None:
@@ -331,7 +379,7 @@ def _check_tuned(where: str, method: str, preset: str, tag: str, values: dict[st
     try:
         default_config(method, preset, **values)
     except (ConfigError, TypeError) as error:
-        raise ValueError(f"{where}: {error}") from error
+        raise _keyed(where, error) from error
 
 
 def original_recipe(params: Params) -> TrainConfig:
@@ -353,7 +401,9 @@ def method_config(params: Params, method: str, *, scenario: str | None = None, s
     tuned = tuned_settings(params, method, scenario, sparsity)
     settings = {**tuned, **params.unlearn.settings.get(method, {}), **extra}
     if method == "retrain":  # Retrain repeats the original's recipe; settings may change parts of it
-        settings["train"] = replace(original_recipe(params), **settings.get("train", {}))
+        train = settings.get("train", {})
+        if isinstance(train, Mapping):  # else default_config says what `train` must be
+            settings["train"] = replace_checked(original_recipe(params), train, method, "train")
     return default_config(method, params.data.preset, **settings)
 
 
@@ -361,12 +411,21 @@ def _location(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"]) or "params"
 
 
+def _problem(error: dict) -> str:
+    """pydantic's message, with the offending value where it is a plain one (`..., got 'fast'`)."""
+    value = error.get("input")
+    plain = value is None or isinstance(value, str | int | float | bool)
+    if error["type"] in ("value_error", "missing", "extra_forbidden") or not plain:
+        return error["msg"]
+    return f"{error['msg']}, got {value!r}"
+
+
 def parse_params(raw: dict | None, source: str = "params") -> Params:
     """Validate a params mapping; errors name each offending key."""
     try:
         return Params.model_validate(raw or {})
     except ValidationError as error:
-        problems = "; ".join(f"{_location(e)}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{_location(e)}: {_problem(e)}" for e in error.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 

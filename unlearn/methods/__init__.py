@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import fields, replace
+from dataclasses import fields
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from unlearn.config import replace_checked
 from unlearn.data import TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
@@ -33,13 +34,20 @@ def method_module(name: str) -> ModuleType:
 
 
 def default_config(name: str, preset: str = "cifar10", **overrides):
-    """The method's config with the preset's documented defaults, then `overrides`."""
+    """The method's config with the preset's documented defaults, then `overrides`.
+
+    Every override is checked against its field's annotation before it is applied: a wrong name
+    or type raises `ConfigError` naming the setting (`ft: lr must be a number, got 'fast'`; a
+    `SettingError` for types, whose `under(key)` names it under a params key). A mapping for a
+    nested config (Retrain's `train: {epochs: 3}`) changes those settings of the preset's.
+    """
     module = method_module(name)
     known = {f.name for f in fields(module.Config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"method {name!r} has no setting(s) {unknown}; it has {sorted(known)}")
-    return replace(module.Config(), **{**module.PRESET_DEFAULTS.get(preset, {}), **overrides})
+    config = replace_checked(module.Config(), module.PRESET_DEFAULTS.get(preset, {}), name)
+    return replace_checked(config, overrides, name)
 
 
 def run_method(

@@ -44,7 +44,7 @@ from unlearn.data import TensorSet, batches
 from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import Unlearned, working_copy
+from unlearn.methods.base import Unlearned, check_method_config, working_copy
 from unlearn.methods.curvature import Parameters, per_sample_log_prob_jacobians, trainable_parameters
 from unlearn.train import prepare_model
 
@@ -77,6 +77,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_method_config(self)
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"ff: estimator {self.estimator!r} is not one of {ESTIMATORS}")
         for name in ("batch_size", "per_sample_batch_size", "num_samples"):

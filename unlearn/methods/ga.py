@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
-from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
+from unlearn.methods.base import IterativeConfig, PositiveFloat, PositiveInt, Unlearned, working_copy
 from unlearn.train import fit
 
 
@@ -19,8 +19,8 @@ from unlearn.train import fit
 class Config(IterativeConfig):
     """Paper defaults (class-wise CIFAR-10): 5 epochs, lr 1e-4, batch 256; weight decay still applies."""
 
-    epochs: int = 5
-    lr: float = 1e-4
+    epochs: PositiveInt = 5
+    lr: PositiveFloat = 1e-4
 
 
 # digits, class 0 forgotten from the preset's theta_o (5 epochs, batch 128), UA / RA / TA:

@@ -38,7 +38,7 @@ from unlearn.data import TensorSet, batches
 from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import Unlearned, working_copy
+from unlearn.methods.base import Unlearned, check_method_config, working_copy
 from unlearn.methods.curvature import (
     flat_mask,
     flatten_rows,
@@ -73,6 +73,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_method_config(self)
         for name in ("num_fisher_samples", "batch_size", "per_sample_batch_size", "gradient_memory_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"iu: {name} must be at least 1, got {getattr(self, name)}")

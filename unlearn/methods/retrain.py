@@ -10,7 +10,7 @@ from torch import nn
 from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
-from unlearn.methods.base import Unlearned, working_copy
+from unlearn.methods.base import Unlearned, check_method_config, working_copy
 from unlearn.presets import PRESETS
 from unlearn.train import TrainConfig, fit
 
@@ -24,6 +24,9 @@ class Config:
 
     train: TrainConfig = TrainConfig()
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_method_config(self)
 
 
 # Retrain repeats each preset's original-model recipe, so Retrain and theta_o are comparable.

@@ -17,7 +17,7 @@ from unlearn.data import TensorSet, batches
 from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
-from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
+from unlearn.methods.base import IterativeConfig, PositiveFloat, Unlearned, working_copy
 from unlearn.methods.rl import fit_random_labels
 from unlearn.train import prepare_model
 
@@ -30,7 +30,7 @@ class Config(IterativeConfig):
     """
 
     rho: float = 0.5
-    lr: float = 0.013
+    lr: PositiveFloat = 0.013
 
     def __post_init__(self) -> None:
         super().__post_init__()
