@@ -82,6 +82,8 @@ def promote(
     previous = f"v{done.previous}" if done.previous else "none"
     forced = f" (FORCED: {done.reason})" if done.forced else ""
     typer.echo(f"{name}: champion {previous} -> v{done.version} by {done.reviewer} at {done.time}{forced}")
+    for warning in done.warnings:
+        typer.echo(f"  warning (recorded on the version): {warning}", err=True)
     for gate in done.gates:
         typer.echo(f"  {gate.line()}")
 
@@ -146,7 +148,9 @@ def batch(params: StudyParams = PARAMS) -> None:
 
     summary = deletion_batch(str(params))
     typer.echo(f"deletion batch: {summary['status']}")
-    for key in ("batch_id", "model", "version", "requests", "rejected"):
+    if summary.get("resumed"):
+        typer.echo("  resumed: an earlier run claimed this batch and did not finish it")
+    for key in ("batch_id", "model", "version", "requests", "rejected", "set_aside"):
         if summary.get(key):
             typer.echo(f"  {key}: {summary[key]}")
     for name in ("UA", "UA_cumulative", "MIA_efficacy", "RA", "TA", "RTE_seconds"):
@@ -297,15 +301,107 @@ def request_status(
 ) -> None:
     """Where a request is: pending, claimed/<batch>, done/<batch> or rejected (with the reason)."""
     from tasks.requests import open_inbox
+    from unlearn.errors import UnlearnError
 
-    store = open_inbox(_inbox_uri(inbox, params))
-    where = store.status(request_id)
+    try:
+        store = open_inbox(_inbox_uri(inbox, params))
+        where = store.status(request_id)
+    except UnlearnError as error:
+        raise _fail(error) from error
     if where is None:
         raise _fail(LookupError(f"no request {request_id!r} in {store.uri}"))
     batch_note = f" (batch {where.batch_id})" if where.batch_id else ""
     typer.echo(f"{request_id}: {where.state}{batch_note}")
     if where.state == "rejected":
         typer.echo(f"  reason: {store.rejection_reason(request_id)}")
+
+
+def _operator_lock(params: Path):
+    """The batch lock (`tasks.batch_lock`), so an operator's change never races a running batch."""
+    from tasks.batch_lock import batch_lock
+    from tasks.params import load_params
+
+    settings = load_params(params).deletion
+    return batch_lock(settings.ledger, min(30.0, settings.lock_timeout_seconds), purpose="operator command")
+
+
+def _ledger_refusal(batch_id: str | None, params: Path) -> str | None:
+    """Why the operator may not change `batch_id`: the ledger records it already; None if it does not."""
+    from tasks.ledger import Ledger
+    from tasks.params import load_params
+
+    if batch_id is None:
+        return None
+    ledger = Ledger.load(load_params(params).deletion.ledger)
+    if batch_id not in ledger.batches():
+        return None
+    return (
+        f"batch {batch_id} is already recorded in the deletion ledger {ledger.path}, which is append-only: "
+        "only the next `unlearn batch` can finish it; nothing changed"
+    )
+
+
+@request_app.command("reject")
+def request_reject(
+    reason: Annotated[str, typer.Option("--reason", help="Why (stored as the rejection reason).")],
+    request_id: Annotated[
+        str | None, typer.Argument(help="The request to reject (pending or claimed); or give --batch.")
+    ] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Reject every request this batch still claims.")] = None,
+    inbox: InboxOption = None,
+    params: StudyParams = PARAMS,
+) -> None:
+    """Reject a stuck request, or every request a stuck batch still claims (refused once the ledger has the batch)."""
+    from tasks.requests import CLAIMED, InboxError, open_inbox
+    from unlearn.errors import UnlearnError
+
+    if (request_id is None) == (batch is None):
+        raise _fail(InboxError("name either a request id or --batch BATCH, not both"))
+    try:
+        store = open_inbox(_inbox_uri(inbox, params))
+        with _operator_lock(params):
+            if batch is not None:
+                refusal = _ledger_refusal(batch, params)
+                if refusal:
+                    raise InboxError(refusal)
+                rejected = [(r, batch) for r in store.reject_batch(batch, reason)]
+                if not rejected:
+                    typer.echo(f"batch {batch} claims no requests: nothing changed")
+            else:
+                where = store.status(request_id)
+                refusal = _ledger_refusal(where.batch_id if where and where.state == CLAIMED else None, params)
+                if refusal:
+                    raise InboxError(f"request {request_id}: {refusal}")
+                rejected = [(request_id, store.reject_request(request_id, reason).batch_id)]
+    except UnlearnError as error:
+        raise _fail(error) from error
+    for rejected_id, batch_id in rejected:
+        typer.echo(f"{rejected_id}: rejected" + (f" (batch {batch_id})" if batch_id else ""))
+
+
+@request_app.command("release")
+def request_release(
+    batch: Annotated[str, typer.Option("--batch", help="The batch whose claimed requests go back to pending.")],
+    inbox: InboxOption = None,
+    params: StudyParams = PARAMS,
+) -> None:
+    """Put every request a stuck batch still claims back in pending (refused once the ledger records the batch)."""
+    from tasks.requests import InboxError, open_inbox
+    from unlearn.errors import UnlearnError
+
+    try:
+        store = open_inbox(_inbox_uri(inbox, params))
+        with _operator_lock(params):
+            refusal = _ledger_refusal(batch, params)
+            if refusal:
+                raise InboxError(refusal)
+            released = store.release(batch)
+    except UnlearnError as error:
+        raise _fail(error) from error
+    if not released:
+        typer.echo(f"batch {batch} claims no requests: nothing changed")
+    for request_id in released:
+        typer.echo(f"{request_id}: released from batch {batch}, pending again")
 
 
 @app.command()
