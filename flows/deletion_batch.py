@@ -8,10 +8,15 @@ Never lose a request, never process one twice: every step is idempotent (see
 `tasks.deletion`), requests stay claimed until the last step, and the next run resumes a
 claimed batch first. Registration is keyed by the batch id, so a rerun after a crash
 between registering and finishing does not register twice. At most one run works at a
-time: the flow holds the global concurrency limit `deletion-batch` (one slot).
+time, and a run that dies (SIGKILL included) never blocks the next: see `single_flight`.
+Before anything is claimed the pending entries that are no request are set aside, and the
+ledger is checked against its chain and the registry (`tasks.deletion.verify_state`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -19,12 +24,40 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from tasks import deletion, tracking
+from tasks.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
 from tasks.params import Params, load_params
+from tasks.requests import InboxError
+from unlearn.errors import UnlearnError
 
 SINGLE_FLIGHT = "deletion-batch"
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry what a store out of reach raised; never bad input or tampered state (an UnlearnError)."""
+    try:
+        state.result()
+    except (InboxError, tracking.TrackingError):
+        return True
+    except UnlearnError:
+        return False
+    except Exception:  # noqa: BLE001 - network and server errors of boto3, MLflow, DVC
+        return True
+    return False
+
+
 # Transient failures only: the S3 inbox and MLflow over HTTP. Each of these steps is idempotent.
-NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
+NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": transient, "cache_policy": NO_CACHE}
 LOCAL = {"cache_policy": NO_CACHE}  # results are files and registry versions; nothing to cache
+
+
+@task(name="sweep-inbox", **NETWORK_RETRIES)
+def sweep_inbox(params: Params) -> dict[str, str]:
+    return deletion.sweep_inbox(params)
+
+
+@task(name="verify-state", **NETWORK_RETRIES)
+def verify_state(params: Params):
+    return deletion.verify_state(params)
 
 
 @task(name="open-batch", **NETWORK_RETRIES)
@@ -85,6 +118,40 @@ def ensure_single_flight() -> None:
         client.upsert_global_concurrency_limit_by_name(SINGLE_FLIGHT, 1)
 
 
+@contextmanager
+def single_flight(params: Params) -> Iterator[None]:
+    """Hold the one batch slot: the ledger's kernel lock, and with a Prefect server its leased limit.
+
+    Each wait is bounded by `deletion.lock_timeout_seconds`; see `tasks.batch_lock` for why a
+    killed run frees both (the kernel at once, the server's lease after `deletion.lease_seconds`).
+    """
+    settings = params.deletion
+    with batch_lock(settings.ledger, settings.lock_timeout_seconds):
+        if not prefect_server_configured():
+            yield
+            return
+        ensure_single_flight()
+        acquired = False
+        try:
+            with concurrency(
+                SINGLE_FLIGHT,
+                occupy=1,
+                strict=True,
+                timeout_seconds=settings.lock_timeout_seconds,
+                lease_duration=settings.lease_seconds,
+            ):
+                acquired = True
+                yield
+        except TimeoutError as error:
+            if acquired:
+                raise
+            raise BatchLockedError(
+                f"Prefect's concurrency limit {SINGLE_FLIGHT!r} stayed taken for {settings.lock_timeout_seconds:g} s "
+                "(deletion.lock_timeout_seconds): a batch runs on another machine, or one died there and its "
+                f"lease ({settings.lease_seconds:g} s) has not expired yet; the next run will try again"
+            ) from error
+
+
 def _unlearn_and_register(params: Params, batch, ledger, split, digests):
     """The champion unlearned, evaluated and registered; skipped when the batch already has a version."""
     version = existing_candidate(params, batch)
@@ -112,15 +179,22 @@ def flow_run_tags(batch) -> dict[str, str]:
 def deletion_batch(params_path: str = "params.yaml") -> dict:
     """Unlearn every pending deletion request as one batch and register the candidate model."""
     params = load_params(params_path)
-    ensure_single_flight()
-    with concurrency(SINGLE_FLIGHT, occupy=1, strict=True):
+    with single_flight(params):
+        set_aside = sweep_inbox(params)
+        verify_state(params)
         batch = open_batch(params)
         if batch is None:
-            publish({"status": "empty"})
-            return {"status": "empty"}
+            return publish({"status": "empty", **({"set_aside": set_aside} if set_aside else {})})
         if not batch.accepted:
             finish(params, batch)
-            return publish({"status": "all rejected", "batch_id": batch.batch_id, "rejected": batch.rejected})
+            return publish(
+                {
+                    "status": "all rejected",
+                    "batch_id": batch.batch_id,
+                    "rejected": batch.rejected,
+                    "set_aside": set_aside,
+                }
+            )
         ledger = record(params, batch)
         split = write_split(params, batch, ledger)
         digests = version_split(params, split)
@@ -134,6 +208,7 @@ def deletion_batch(params_path: str = "params.yaml") -> dict:
             "model": version.name,
             "requests": batch.request_ids,
             "rejected": batch.rejected,
+            "set_aside": set_aside,
             "resumed": batch.resumed,
             "metrics": metrics,
         }
@@ -148,6 +223,8 @@ def publish(summary: dict) -> dict:
             lines.append(f"- **{key}**: {summary[key]}")
     for request_id, reason in summary.get("rejected", {}).items():
         lines.append(f"- rejected `{request_id}`: {reason}")
+    for label, reason in summary.get("set_aside", {}).items():
+        lines.append(f"- set aside `{label}`: {reason}")
     if summary.get("metrics"):
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [
@@ -158,7 +235,7 @@ def publish(summary: dict) -> dict:
     if "version" in summary:
         lines.append(
             f"\nMLflow: registered model `{summary['model']}` version {summary['version']} "
-            f"(alias `candidate`); tracking URI `{tracking.tracking_uri()}`."
+            f"(alias `candidate`); tracking URI `{tracking.display_uri()}`."
         )
     create_markdown_artifact("\n".join(lines), key="deletion-batch", description="deletion batch summary")
     return summary

@@ -3,6 +3,12 @@
 It reuses the study's stage tasks (prepare, train, prune) on one seed, registers the dense
 original and, where configured, the sparse original as a child of it, and points the
 `champion` alias at the one configured to serve.
+
+Deleted samples never come back: the originals train on the training set without every
+sample the deletion ledger records (checked first against its chain and the registry's
+anchors), and both versions carry the ledger anchor, so later batches unlearn only what
+was deleted after it. A registry that was lost or emptied therefore rebuilds a champion
+that has already forgotten every deletion.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.stages import prepare_task, prune_task, train_task
-from tasks import layout, registry, tracking
+from tasks import deletion, layout, registry, tracking
 from tasks.common import load_model
+from tasks.ledger import Ledger
 from tasks.params import Params, load_params
 
 
@@ -24,15 +31,29 @@ def champion_params(params: Params) -> Params:
     return params.model_copy(update={"train": train})
 
 
+@task(name="verify-ledger", cache_policy=NO_CACHE)
+def verified_ledger(params: Params) -> Ledger:
+    """The deletion ledger, checked against its chain and the registry's anchors of it."""
+    return deletion.verify_state(params)
+
+
+def anchor_tags(params: Params, ledger: Ledger) -> dict[str, str]:
+    """The ledger anchor of an original that left out every deletion so far (none for an empty ledger)."""
+    if not ledger.rows:
+        return {}
+    last = ledger.batches()[-1]
+    return registry.ledger_anchor_tags(params.deletion.ledger, last, ledger.digest(), len(ledger.rows))
+
+
 @task(name="register-original", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def register(params: Params, champion: bool, parent_version: str | None = None):
+def register(params: Params, champion: bool, parent_version: str | None = None, ledger: Ledger | None = None):
     """Register the dense (or sparse) original of the champion seed."""
     seed, sparsity = params.deletion.seed, params.deletion.sparsity
     root = layout.CHAMPION_MODELS
     dense = parent_version is None
     path = layout.original_path(seed, root) if dense else layout.pruned_path(sparsity, seed, root)
     _, checkpoint = load_model(path)
-    tags = {"prefect.flow_run_id": str(flow_run.id), "seed": str(seed)}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "seed": str(seed), **anchor_tags(params, ledger or Ledger())}
     with tracking.start_run("train", f"original-seed{seed}", params=params.train, tags=tags):
         tracking.log_evaluation({"TA": checkpoint.metadata["test_accuracy"]})
         return registry.register_original(
@@ -49,18 +70,22 @@ def train_original(params_path: str = "params.yaml") -> dict:
     """Train the first champion on the whole training set, prune it if configured, register it."""
     params = champion_params(load_params(params_path))
     prepare_task(params)
-    train_task(params, root=str(layout.CHAMPION_MODELS))
+    ledger = verified_ledger(params)
+    excluded = sorted(ledger.deleted_ids())
+    root = str(layout.CHAMPION_MODELS)
+    train_task(params, root=root, excluded=excluded)
     sparse = params.deletion.sparsity > 0
-    dense = register(params, champion=not sparse)
+    dense = register(params, champion=not sparse, ledger=ledger)
     champion = dense
     if sparse:
-        prune_task(params, params.deletion.sparsity, root=str(layout.CHAMPION_MODELS))
-        champion = register(params, champion=True, parent_version=str(dense.version))
+        prune_task(params, params.deletion.sparsity, root=root, excluded=excluded)
+        champion = register(params, champion=True, parent_version=str(dense.version), ledger=ledger)
     summary = {
         "model": champion.name,
         "champion_version": str(champion.version),
         "dense_version": str(dense.version),
         "sparsity": params.deletion.sparsity,
+        "excluded_samples": len(excluded),
     }
     create_markdown_artifact(
         "\n".join(f"- **{k}**: {v}" for k, v in summary.items()),

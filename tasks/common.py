@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -18,7 +18,7 @@ from unlearn.data import DataBundle
 from unlearn.device import pick_device
 from unlearn.errors import UnlearnError
 from unlearn.presets import Preset, get_preset
-from unlearn.splits import Split
+from unlearn.splits import Split, resolve_ids
 
 
 def device() -> torch.device:
@@ -37,6 +37,12 @@ def bundle() -> DataBundle:
 
 def split(scenario: str) -> Split:
     return Split.load(layout.split_dir(scenario))
+
+
+def training_rows(data: DataBundle, excluded: Sequence[str] = ()) -> list[int]:
+    """The rows of the training set an original trains on: all of them but the `excluded` sample ids."""
+    left_out = set(resolve_ids(data.train, excluded))
+    return [row for row in range(len(data.train)) if row not in left_out]
 
 
 def stage_main(description: str, run: Callable[..., object], *arguments: tuple) -> None:

@@ -8,7 +8,14 @@ is safe to repeat, so a batch that crashed anywhere is resumed by the next run:
 - `Ledger.extend` is a no-op for a batch already recorded;
 - the split, its validation and its DVC version are rewritten identically;
 - registration is keyed by the batch id: a batch that already has a registry version is
-  not unlearned or registered again (`existing_candidate`).
+  not unlearned or registered again (`existing_candidate`); the MLflow runs of a run that
+  died are marked FAILED, and the models it logged but never registered are deleted
+  (`close_interrupted`).
+
+Before a batch touches anything it checks what it builds on (`verify_state`): the ledger's
+chain and every registry version's anchor of it, and, before unlearning, the champion's
+checkpoint against the sha256 recorded when it was registered. A mismatch stops the batch
+with an error naming what changed.
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ from tasks import layout, registry, tracking
 from tasks.common import bundle, device, load_model, preset, save_model
 from tasks.ledger import Ledger, batch_split, validate_batch
 from tasks.params import Params, method_config
-from tasks.requests import DeletionRequest, Inbox, new_batch_id, open_inbox
+from tasks.requests import DeletionRequest, Inbox, InboxError, new_batch_id, open_inbox
 from tasks.validate import validate_against
 from unlearn.errors import UnlearnError
 from unlearn.methods import run_method
 from unlearn.metrics import evaluate
-from unlearn.splits import Manifest, Split
+from unlearn.splits import Manifest, Split, resolve_ids
 from unlearn.train import accuracy
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,8 @@ def open_batch(params: Params) -> Batch | None:
     if resumable:
         batch_id, resumed = resumable[0], True
         request_ids = inbox.claimed_requests(batch_id)
+        log.warning("resuming batch %s: an earlier run claimed it and did not finish", batch_id)
+        close_interrupted(params, batch_id)
     else:
         batch_id, resumed = new_batch_id(), False
         request_ids = inbox.claim(batch_id)
@@ -92,9 +101,17 @@ def open_batch(params: Params) -> Batch | None:
     return screen(params, inbox, batch_id, request_ids, resumed)
 
 
+def sweep_inbox(params: Params) -> dict[str, str]:
+    """Set aside every pending entry that is no request (see `Inbox.sweep`); what, and why."""
+    set_aside = inbox_of(params).sweep()
+    for label, reason in set_aside.items():
+        log.warning("set aside %s: %s", label, reason)
+    return set_aside
+
+
 def screen(params: Params, inbox: Inbox, batch_id: str, request_ids: list[str], resumed: bool) -> Batch:
-    """Parse and check each request of the batch; reject the bad ones in the inbox."""
-    parsed = {request_id: inbox.read(batch_id, request_id) for request_id in request_ids}
+    """Parse and check each request of the batch on its own; reject the bad ones in the inbox."""
+    parsed = {request_id: read_request(inbox, batch_id, request_id) for request_id in request_ids}
     malformed = {rid: reason for rid, reason in parsed.items() if isinstance(reason, str)}
     requests = [request for request in parsed.values() if not isinstance(request, str)]
     ledger = Ledger.load(params.deletion.ledger)
@@ -104,6 +121,50 @@ def screen(params: Params, inbox: Inbox, batch_id: str, request_ids: list[str], 
         inbox.reject(batch_id, request_id, reason)
         log.warning("rejected %s: %s", request_id, reason)
     return Batch(batch_id, list(accepted), reasons, resumed)
+
+
+def read_request(inbox: Inbox, batch_id: str, request_id: str) -> DeletionRequest | str:
+    """One claimed request, or why it is none: whatever goes wrong with one file stays with it."""
+    try:
+        return inbox.read(batch_id, request_id)
+    except (InboxError, OSError, ValueError, RecursionError, MemoryError) as error:
+        return f"could not be read: {type(error).__name__}: {str(error)[:200]}"
+
+
+def verify_state(params: Params) -> Ledger:
+    """The ledger, checked against its own chain and against every registry version's anchor of it.
+
+    Raises:
+        LedgerTamperedError: a row was removed, added or edited since it was recorded.
+    """
+    ledger = Ledger.load(params.deletion.ledger)
+    ledger.verify()
+    for anchor in registry.ledger_anchors(model_name(params), params.deletion.ledger):
+        ledger.check_anchor(anchor.batch_id, anchor.digest, anchor.rows, f"registry version v{anchor.version}")
+    return ledger
+
+
+def close_interrupted(params: Params, batch_id: str) -> None:
+    """Mark the MLflow runs a dead run left RUNNING for `batch_id` FAILED; delete models they never registered.
+
+    Called under the batch lock, so no live run of this batch exists anywhere.
+    """
+    store = tracking.client()
+    experiments = [e.experiment_id for e in store.search_experiments()]
+    if not experiments:
+        return
+    running = f"tags.{registry.BATCH_TAG} = '{batch_id}' and attributes.status = 'RUNNING'"
+    stale = store.search_runs(experiments, running)
+    registered = {v.model_id for v in registry.versions_of_batch(model_name(params), batch_id)}
+    for run in stale:
+        store.set_tag(run.info.run_id, "unlearn.interrupted", "true")
+        store.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("marked MLflow run %s (%s) FAILED: its process died", run.info.run_id, run.info.run_name)
+        orphans = store.search_logged_models(experiments, filter_string=f"source_run_id = '{run.info.run_id}'")
+        for model in orphans:
+            if model.model_id not in registered:
+                store.delete_logged_model(model.model_id)
+                log.warning("deleted logged model %s: logged by the dead run, never registered", model.model_id)
 
 
 def record(params: Params, batch: Batch) -> Ledger:
@@ -146,7 +207,7 @@ def model_name(params: Params) -> str:
 
 def version_for_batch(name: str, batch_id: str):
     """The version of `name` registered for `batch_id`, or None: the batch's idempotency key."""
-    found = tracking.client().search_model_versions(f"name = '{name}' and tags.{registry.BATCH_TAG} = '{batch_id}'")
+    found = registry.versions_of_batch(name, batch_id)
     return found[0] if found else None
 
 
@@ -188,10 +249,10 @@ def batch_method_config(params: Params):
 def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
     """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
     champion = champion_version(params)
-    model, checkpoint = load_model(checkpoint_path(champion))
+    model, checkpoint = load_model(registry.verify_checkpoint(champion, checkpoint_path(champion)))
     data = bundle()
-    forget_ids = ledger.sample_ids_of(batches_since(ledger, champion.tags.get(registry.BATCH_TAG)))
-    forget_set = data.train.subset([data.train.ids.index(i) for i in forget_ids])
+    forget_ids = ledger.sample_ids_of(batches_since(ledger, forgotten_through(champion)))
+    forget_set = data.train.subset(resolve_ids(data.train, forget_ids))
     method = params.deletion.method
     result = run_method(
         method,
@@ -217,6 +278,11 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
         request_ids=batch.request_ids,
     )
     return Candidate(path, result.seconds, str(champion.version), method)
+
+
+def forgotten_through(version) -> str | None:
+    """The last ledger batch `version` has forgotten (its anchor, else its own batch); None: none."""
+    return version.tags.get(registry.LEDGER_BATCH_TAG) or version.tags.get(registry.BATCH_TAG)
 
 
 def batches_since(ledger: Ledger, batch_id: str | None) -> list[str]:
@@ -273,6 +339,8 @@ def register_candidate(
         split_digests=split.split.digests(),
         method=candidate.method,
         parent_version=candidate.parent_version,
+        ledger_path=params.deletion.ledger,
+        ledger_rows=len(ledger.through(batch.batch_id).rows),
     )
     tags = {**dvc_digests, "deletion.rejected": ",".join(sorted(batch.rejected))}
     return registry.register_unlearned(

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from tasks import layout
-from tasks.common import bundle, device, load_model, preset, save_model, stage_main, tracked
+from tasks.common import bundle, device, load_model, preset, save_model, stage_main, tracked, training_rows
 from tasks.params import Params, original_recipe
 from unlearn.prune import prune
 from unlearn.train import accuracy
 
 
-def prune_originals(params: Params, sparsity: float, root: str = str(layout.MODELS)) -> list[Path]:
-    """Prune each seed's original with `prune.method`; at sparsity 0 the dense original is passed on."""
+def prune_originals(
+    params: Params, sparsity: float, root: str = str(layout.MODELS), excluded: Sequence[str] = ()
+) -> list[Path]:
+    """Prune each seed's original with `prune.method`; at sparsity 0 the dense original is passed on.
+
+    Args:
+        excluded: sample ids left out of the (re)training, as for `train_originals`.
+    """
     data, chosen = bundle(), device()
     recipe = replace(preset(params), train=original_recipe(params))
+    train_set = data.train.subset(training_rows(data, excluded))
     written = []
     for seed in params.train.seeds:
         dense, checkpoint = load_model(layout.original_path(seed, root))
@@ -27,7 +35,7 @@ def prune_originals(params: Params, sparsity: float, root: str = str(layout.MODE
         given = None if params.prune.method == "synflow" else (dense, rewind.state_dict())
         name = f"prune-{params.prune.method}-s{sparsity}-seed{seed}"
         with tracked(params, "prune", name, params.prune, seed=seed) as log:
-            result = prune(params.prune.method, recipe, data, data.train, chosen, sparsity, seed=seed, dense=given)
+            result = prune(params.prune.method, recipe, data, train_set, chosen, sparsity, seed=seed, dense=given)
             test_accuracy = accuracy(result.model, data.test, chosen)
             if log:
                 log.log_history(result.history)

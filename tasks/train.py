@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from tasks import layout
-from tasks.common import bundle, device, preset, save_model, stage_main, tracked
+from tasks.common import bundle, device, preset, save_model, stage_main, tracked, training_rows
 from tasks.params import Params, original_recipe
 from unlearn.prune import train_with_rewind
 from unlearn.splits import Manifest
 from unlearn.train import accuracy
 
 
-def train_originals(params: Params, root: str = str(layout.MODELS)) -> list[Path]:
-    """Train one original per seed; keep its rewind-epoch weights for OMP / IMP."""
+def train_originals(params: Params, root: str = str(layout.MODELS), excluded: Sequence[str] = ()) -> list[Path]:
+    """Train one original per seed; keep its rewind-epoch weights for OMP / IMP.
+
+    Args:
+        excluded: sample ids left out of the training set (the production champion leaves out
+            every deletion the ledger records).
+    """
     data, chosen = bundle(), device()
     recipe = replace(preset(params), train=original_recipe(params))
-    train_digest = Manifest.of(data.train, range(len(data.train))).digest()
+    rows = training_rows(data, excluded)
+    train_set = data.train.subset(rows)
+    train_digest = Manifest.of(data.train, rows).digest()
     written = []
     for seed in params.train.seeds:
         with tracked(params, "train", f"train-seed{seed}", recipe.train, seed=seed) as log:
-            model, rewind_state, history = train_with_rewind(recipe, data, data.train, chosen, seed)
+            model, rewind_state, history = train_with_rewind(recipe, data, train_set, chosen, seed)
             test_accuracy = accuracy(model, data.test, chosen)
             if log:
                 log.log_history(history)
@@ -32,6 +40,7 @@ def train_originals(params: Params, root: str = str(layout.MODELS)) -> list[Path
             split_digest=train_digest,
             train_seconds=history.seconds,
             test_accuracy=test_accuracy,
+            excluded_samples=len(data.train) - len(rows),
         )
         written.append(save_model(layout.original_path(seed, root), model, params, data, **meta))
         model.load_state_dict(rewind_state)
