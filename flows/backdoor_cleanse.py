@@ -7,9 +7,9 @@
 
 Registration happens here, not in a DVC stage, so `dvc repro` has no registry side effects.
 The cleansed model is registered with its lineage (what it forgot: the poisoned samples; its
-parent: the Trojan model's version). `register_unlearned` points `candidate` at every new
-unlearned version; a cleansed Trojan model is no candidate for service, so the alias is put
-back where it was and the versions get their own aliases (`backdoor-trojan`, `backdoor-cleansed`).
+parent: the Trojan model's version). A cleansed Trojan model is no candidate for service: the
+versions get aliases of their own (`backdoor-trojan`, `backdoor-cleansed`) and `candidate`
+stays where it was.
 """
 
 from __future__ import annotations
@@ -81,19 +81,13 @@ def register_cleanse(params: Params, batch_id: str) -> dict[str, Any]:
         method=method,
         parent_version=str(trojan.version),
     )
-    store = tracking.client()
-    previous = registry.version_by_alias(trojan.name, registry.CANDIDATE, store)
     metrics = {key: row[key] for key in ("SA", "ASR", "SA_before", "ASR_before", "RTE_seconds")}
     cleansed = registry.register_unlearned(
         backdoor.cleansed_path(method, sparsity), lineage, metrics,
         tags={**attack_tags, "backdoor.role": "cleansed", "backdoor.sparsity": str(sparsity)},
+        alias=CLEANSED_ALIAS,  # no candidate for service: `candidate` stays where it was
     )  # fmt: skip
-    if previous is None:
-        store.delete_registered_model_alias(trojan.name, registry.CANDIDATE)
-    else:
-        store.set_registered_model_alias(trojan.name, registry.CANDIDATE, str(previous.version))
-    store.set_registered_model_alias(trojan.name, TROJAN_ALIAS, str(trojan.version))
-    store.set_registered_model_alias(trojan.name, CLEANSED_ALIAS, str(cleansed.version))
+    tracking.client().set_registered_model_alias(trojan.name, TROJAN_ALIAS, str(trojan.version))
     return {"model_name": trojan.name, "trojan_version": str(trojan.version),
             "cleansed_version": str(cleansed.version), "method": method, "sparsity": sparsity}  # fmt: skip
 

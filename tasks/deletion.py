@@ -211,19 +211,6 @@ def version_for_batch(name: str, batch_id: str):
     return found[0] if found else None
 
 
-def checkpoint_path(version) -> Path:
-    """The checkpoint (weights, masks, metadata) logged with a registry version, downloaded."""
-    import mlflow
-
-    model_id = version.model_id or version.source.removeprefix("models:/")  # source: models:/m-<id>
-    location = tracking.client().get_logged_model(model_id).artifact_location
-    folder = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/extra_files")
-    found = sorted(Path(folder).glob("*.pt"))
-    if not found:
-        raise NoChampionError(f"version {version.version} of {version.name} holds no checkpoint")
-    return found[0]
-
-
 def champion_version(params: Params):
     """The champion's registry version; a clear error when no champion exists yet."""
     name = model_name(params)
@@ -249,7 +236,7 @@ def batch_method_config(params: Params):
 def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
     """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
     champion = champion_version(params)
-    model, checkpoint = load_model(registry.verify_checkpoint(champion, checkpoint_path(champion)))
+    model, checkpoint = load_model(registry.verify_checkpoint(champion, registry.checkpoint_path(champion)))
     data = bundle()
     forget_ids = ledger.sample_ids_of(batches_since(ledger, forgotten_through(champion)))
     forget_set = data.train.subset(resolve_ids(data.train, forget_ids))

@@ -39,6 +39,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
 from tasks import tracking
+from tasks.gates import GateResult, check_gates
 from tasks.params import PARAMS_FILE, GateParams, load_params
 from unlearn.checkpoint import Checkpoint, load_checkpoint, restore_model
 from unlearn.data import as_float
@@ -246,11 +247,15 @@ def example_batch(checkpoint: Checkpoint, inputs: torch.Tensor | None = None) ->
 
 
 def log_checkpoint_model(
-    checkpoint_path: str | Path, example_inputs: torch.Tensor | None = None
+    checkpoint_path: str | Path, example_inputs: torch.Tensor | None = None, checkpoint: Checkpoint | None = None
 ) -> tuple[ModelInfo, Classifier]:
-    """Log a checkpoint's model (signature, input example, the checkpoint itself) to the active run."""
+    """Log a checkpoint's model (signature, input example, the checkpoint itself) to the active run.
+
+    Args:
+        checkpoint: the file's content, where the caller has read it already.
+    """
     tracking.active_run_id()
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = checkpoint or load_checkpoint(checkpoint_path)
     model = restore_model(checkpoint).eval()
     example = example_batch(checkpoint, example_inputs)
     with torch.no_grad():
@@ -313,9 +318,10 @@ def _register_checkpoint(
     tags: Mapping[str, str],
     description: str,
     example_inputs: torch.Tensor | None,
+    checkpoint: Checkpoint,
 ) -> ModelVersion:
-    """Log and register a checkpoint inside the active run (or a new `register` run)."""
-    meta = load_checkpoint(checkpoint_path).metadata
+    """Log and register a checkpoint (read once, by the caller) inside the active run (or a new `register` run)."""
+    meta = checkpoint.metadata
     name = model_name(meta["dataset"], meta["arch"])
     run = (
         nullcontext()
@@ -323,7 +329,7 @@ def _register_checkpoint(
         else tracking.start_run("register", f"register-{kind}", tags={"dataset": meta["dataset"], "arch": meta["arch"]})
     )
     with run:
-        info, model = log_checkpoint_model(checkpoint_path, example_inputs)
+        info, model = log_checkpoint_model(checkpoint_path, example_inputs, checkpoint)
         all_tags = {
             KIND_TAG: kind,
             "dataset": meta["dataset"],
@@ -357,14 +363,14 @@ def register_original(
         metrics: its TA (and whatever else was measured), kept as `metrics.*` tags.
         champion: make it the first champion; refused if the registered model has one.
     """
+    checkpoint = load_checkpoint(checkpoint_path)
     if champion:
-        meta = load_checkpoint(checkpoint_path).metadata
-        _require_no_champion(model_name(meta["dataset"], meta["arch"]))
+        _require_no_champion(model_name(checkpoint.metadata["dataset"], checkpoint.metadata["arch"]))
     version_tags = {**metric_tags(metrics or {}), **(tags or {})}
     if parent_version is not None:
         version_tags[PARENT_TAG] = str(parent_version)
     version = _register_checkpoint(
-        checkpoint_path, ORIGINAL, version_tags, "Original model (before any unlearning).", example_inputs
+        checkpoint_path, ORIGINAL, version_tags, "Original model (before any unlearning).", example_inputs, checkpoint
     )
     if champion:
         _bootstrap_champion(version)
@@ -380,12 +386,14 @@ def register_unlearned(
     retrain_metrics: Mapping[str, float] | None = None,
     retrain_version: str | None = None,
     tags: Mapping[str, str] | None = None,
+    alias: str | None = CANDIDATE,
 ) -> ModelVersion:
-    """Register an unlearned model tagged with the requests it forgot, and alias it `candidate`.
+    """Register an unlearned model tagged with the requests it forgot, and point `alias` at it.
 
     Args:
         metrics: UA (on the batch's forget set), MIA_efficacy, RA, TA, RTE_seconds, ...
         retrain_metrics / retrain_version: the retrained reference, where the policy asks for one.
+        alias: `candidate` (awaiting review) by default; another alias, or None for none.
     """
     version_tags = {**lineage.tags(), **metric_tags(metrics), **(tags or {})}
     version_tags.update(metric_tags(retrain_metrics or {}, RETRAIN_PREFIX))
@@ -395,8 +403,10 @@ def register_unlearned(
         f"Unlearned with {lineage.method} from version {lineage.parent_version}; forgets "
         f"{len(lineage.request_ids)} request(s) of batch {lineage.batch_id}."
     )
-    version = _register_checkpoint(checkpoint_path, UNLEARNED, version_tags, description, example_inputs)
-    tracking.client().set_registered_model_alias(version.name, CANDIDATE, str(version.version))
+    checkpoint = load_checkpoint(checkpoint_path)
+    version = _register_checkpoint(checkpoint_path, UNLEARNED, version_tags, description, example_inputs, checkpoint)
+    if alias is not None:
+        tracking.client().set_registered_model_alias(version.name, alias, str(version.version))
     return version
 
 
@@ -420,6 +430,17 @@ def versions_of_batch(name: str, batch_id: str, store: MlflowClient | None = Non
     """The versions of `name` registered for deletion batch `batch_id` (at most one, by construction)."""
     store = store or tracking.client()
     return list(store.search_model_versions(f"name = '{name}' and tags.{BATCH_TAG} = '{batch_id}'"))
+
+
+def checkpoint_path(version: ModelVersion) -> Path:
+    """The checkpoint (weights, masks, metadata) logged with a registry version, downloaded."""
+    model_id = version.model_id or version.source.removeprefix("models:/")  # source: models:/m-<id>
+    location = tracking.client().get_logged_model(model_id).artifact_location
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/extra_files")
+    found = sorted(Path(folder).glob("*.pt"))
+    if not found:
+        raise VersionNotFoundError(f"version {version.version} of {version.name} holds no checkpoint")
+    return found[0]
 
 
 def version_by_alias(name: str, alias: str, store: MlflowClient | None = None) -> ModelVersion | None:
@@ -446,22 +467,6 @@ def load_model(name: str, alias: str = CHAMPION) -> torch.nn.Module:
 
 
 # --- review and promotion ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One promotion gate: its rule, the value measured, and whether it passed."""
-
-    name: str
-    rule: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-    def line(self) -> str:
-        """`PASS  UA 98.50 >= 90.00` style."""
-        shown = "n/a" if self.value is None else f"{self.value:.2f}"
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.name:<13} {shown:>8}  ({self.rule})"
 
 
 @dataclass(frozen=True)
@@ -514,32 +519,6 @@ def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, fl
     if reference or RETRAIN_VERSION_TAG not in version.tags:
         return reference
     return tag_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store).tags)
-
-
-def check_gates(
-    candidate: Mapping[str, float], champion: Mapping[str, float] | None, gates: GateParams
-) -> tuple[GateResult, ...]:
-    """The promotion gates: TA drop vs the champion, UA on the batch's forget set, MIA-efficacy."""
-    ta, champion_ta = candidate.get("TA"), (champion or {}).get("TA")
-    drop = None if ta is None or champion_ta is None else champion_ta - ta
-    ua, mia = candidate.get("UA"), candidate.get("MIA_efficacy")
-    return (
-        GateResult(
-            "TA_drop",
-            f"champion TA - TA <= {gates.max_ta_drop:.2f}",
-            drop,
-            gates.max_ta_drop,
-            drop is not None and drop <= gates.max_ta_drop,
-        ),
-        GateResult("UA", f"UA >= {gates.min_ua:.2f}", ua, gates.min_ua, ua is not None and ua >= gates.min_ua),
-        GateResult(
-            "MIA_efficacy",
-            f"MIA_efficacy >= {gates.min_mia_efficacy:.2f}",
-            mia,
-            gates.min_mia_efficacy,
-            mia is not None and mia >= gates.min_mia_efficacy,
-        ),
-    )
 
 
 def review(
