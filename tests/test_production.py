@@ -371,3 +371,39 @@ def test_a_served_deletion_batch_runs_on_postgres_and_s3(stack, postgres_user, m
     assert s3_keys(stack.s3_endpoint, stack.bucket, "dvc/"), "the batch's split is not on the DVC remote"
     done = s3_keys(stack.s3_endpoint, stack.bucket, f"inbox/done/{where.batch_id}/")
     assert done == [f"inbox/done/{where.batch_id}/req-prod.json"]
+
+    # A batch killed on the worker (SIGKILL, mid-registration) holds Prefect's slot on the server
+    # until its lease expires; the next batch takes over within a bounded time, with no manual step.
+    submit_request(inbox_uri, sample_ids=["digits/train/00003"], request_id="req-killed")
+    flag = project / "registering.flag"
+    killed = _batch_process(stack, project, stack.folder / "killed.log", slow_register=True)
+    deadline = time.monotonic() + RUN_SECONDS
+    while not flag.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert flag.exists(), _tail(stack.folder / "killed.log")
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    started = time.monotonic()
+    second = _batch_process(stack, project, stack.folder / "resumed.log")
+    assert second.wait(timeout=RUN_SECONDS) == 0, _tail(stack.folder / "resumed.log")
+    waited = time.monotonic() - started
+    output = (stack.folder / "resumed.log").read_text()
+    assert "deletion batch: registered" in output and "resumed" in output, output[-3000:]
+    resumed = open_inbox(inbox_uri).status("req-killed")
+    assert resumed.state == "done"
+    versions = registry.search_model_versions(f"name = '{MODEL}' and tags.{BATCH_TAG} = '{resumed.batch_id}'")
+    assert len(versions) == 1
+    print(f"the batch after the killed one completed {waited:.0f} s after it started (lease 60 s)")
+
+
+def _batch_process(stack: Stack, project: Path, log: Path, slow_register: bool = False) -> subprocess.Popen:
+    """`unlearn batch` as the worker runs it; `slow_register`: it stalls in registration (to be killed)."""
+    code = "import sys; from cli import app\n"
+    if slow_register:
+        code += (
+            "import time; from pathlib import Path; from tasks import registry\n"
+            "def stall(*args, **kwargs):\n    Path('registering.flag').touch(); time.sleep(3600)\n"
+            "registry.register_version = stall\n"
+        )
+    code += "app(['batch', '--params', 'params.yaml'])\n"
+    return _start([sys.executable, "-c", code], {**stack.env, "PYTHONUNBUFFERED": "1"}, log, cwd=project)
