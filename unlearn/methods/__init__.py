@@ -5,6 +5,9 @@
 Every method takes the model (with its masks), the retain set Dr, the forget set Df, its
 own typed config and the device, and returns `Unlearned(model, seconds)`: a new model and
 the wall time of the unlearning itself. Masked weights stay exactly zero throughout.
+
+The contract is `spec.UnlearnRun`; each method module declares its `MethodSpec` (label, config,
+preset defaults, search space) as `SPEC`, and `registry.METHODS` lists them in the study's order.
 """
 
 from __future__ import annotations
@@ -22,15 +25,27 @@ from unlearn.data import TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods.base import Unlearned
+from unlearn.methods.registry import APPROXIMATE_METHODS, METHOD_NAMES, METHODS, method_spec
+from unlearn.methods.spec import MethodSpec, UnlearnRun
 
-METHOD_NAMES = ("retrain", "ft", "ga", "rl", "iu", "ff", "l1_sparse", "salun")
+__all__ = [
+    "APPROXIMATE_METHODS",
+    "METHODS",
+    "METHOD_NAMES",
+    "MethodSpec",
+    "UnlearnRun",
+    "Unlearned",
+    "default_config",
+    "method_module",
+    "method_spec",
+    "ready_for_timing",
+    "run_method",
+]
 
 
 def method_module(name: str) -> ModuleType:
-    """The module implementing method `name` (it defines `Config`, `PRESET_DEFAULTS` and `run`)."""
-    if name not in METHOD_NAMES:
-        raise ConfigError(f"unknown unlearning method {name!r}; known: {', '.join(METHOD_NAMES)}")
-    return importlib.import_module(f"unlearn.methods.{name}")
+    """The module implementing method `name` (it defines `Config`, `PRESET_DEFAULTS`, `run` and `SPEC`)."""
+    return importlib.import_module(method_spec(name).run.__module__)
 
 
 def default_config(name: str, preset: str = "cifar10", **overrides):
@@ -41,12 +56,12 @@ def default_config(name: str, preset: str = "cifar10", **overrides):
     `SettingError` for types, whose `under(key)` names it under a params key). A mapping for a
     nested config (Retrain's `train: {epochs: 3}`) changes those settings of the preset's.
     """
-    module = method_module(name)
-    known = {f.name for f in fields(module.Config)}
+    spec = method_spec(name)
+    known = {f.name for f in fields(spec.config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"method {name!r} has no setting(s) {unknown}; it has {sorted(known)}")
-    config = replace_checked(module.Config(), module.PRESET_DEFAULTS.get(preset, {}), name)
+    config = replace_checked(spec.config(), spec.preset_defaults.get(preset, {}), name)
     return replace_checked(config, overrides, name)
 
 
@@ -61,12 +76,12 @@ def run_method(
     config=None,
 ) -> Unlearned:
     """Unlearn `forget_set` from `model` with method `name`."""
-    module = method_module(name)
-    config = module.Config() if config is None else config
-    if not isinstance(config, module.Config):
-        raise ConfigError(f"method {name!r} takes a {module.Config.__name__}, got {type(config).__name__}")
+    spec = method_spec(name)
+    config = spec.config() if config is None else config
+    if not isinstance(config, spec.config):
+        raise ConfigError(f"method {name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
     ready_for_timing()
-    return module.run(model, retain_set, forget_set, config, device, masks=masks)
+    return spec.run(model, retain_set, forget_set, config, device, masks=masks)
 
 
 @functools.cache

@@ -46,6 +46,8 @@ from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
 from unlearn.methods.base import Unlearned, check_method_config, working_copy
 from unlearn.methods.curvature import Parameters, per_sample_log_prob_jacobians, trainable_parameters
+from unlearn.methods.space import LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import prepare_model
 
 ESTIMATORS = ("per_sample", "batch_mean")
@@ -98,6 +100,11 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {},
     "digits": {"alpha": 1e-7, "num_samples": 64, "per_sample_batch_size": 64, "classwise_head_reset": True},
 }
+
+# `unlearn tune`'s range: the paper's FF alpha range 1e-9..1e-6 (PAPER.md section 10).
+SEARCH_SPACE: SearchSpace = {"alpha": LogUniform(1e-9, 1e-6)}
+# digits: FF forgets without the head reset around alpha 1e-6..1e-5, so the range widens to 1e-5.
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"alpha": LogUniform(1e-9, 1e-5)}}
 
 
 def run(
@@ -220,3 +227,6 @@ def noise_variance(fisher: Tensor, alpha: float, is_head: bool, mask: Tensor | N
     weight = torch.ones_like(variance) if mask is None else mask.to(variance.dtype)
     kept = weight.sum(dim=1, keepdim=True).clamp(min=1)
     return ((variance * weight).sum(dim=1, keepdim=True) / kept).expand_as(variance).clone()
+
+
+SPEC = MethodSpec("ff", "FF", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)

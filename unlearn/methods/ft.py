@@ -11,6 +11,8 @@ from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
+from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
 
@@ -30,6 +32,13 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 32, "epochs": 1, "lr": 0.2, "lr_schedule": "cosine"},
 }
 
+# `unlearn tune`'s ranges: the paper's lr range (PAPER.md section 10) and up to its 10 epochs.
+SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
+# digits: FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so lr may go up to 0.5,
+# where fine-tuning starts to overwrite what theta_o knew. Its one epoch is not searched (None): the
+# paper's share of Retrain's epochs, issue 3's 8% of its time (a second epoch at batch 32 doubles that).
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.5), "epochs": None}}
+
 
 def run(
     model: nn.Module,
@@ -45,3 +54,6 @@ def run(
     with Stopwatch(device) as clock:
         history = fit(model, retain_set, config.train_config(), device, masks=masks)
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("ft", "FT", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)

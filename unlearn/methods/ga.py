@@ -12,6 +12,8 @@ from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, PositiveFloat, PositiveInt, Unlearned, working_copy
+from unlearn.methods.space import LogUniform, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
 
@@ -30,6 +32,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
     "digits": {"batch_size": 128, "lr": 1.5e-3},
 }
+
+# `unlearn tune`'s range: the paper's GA lr range [1e-5, 1e-1] (PAPER.md section 10), every preset.
+SEARCH_SPACE: SearchSpace = {"lr": LogUniform(1e-5, 1e-1)}
 
 
 def negative_cross_entropy(logits: Tensor, targets: Tensor, epoch: int) -> Tensor:
@@ -51,3 +56,6 @@ def run(
     with Stopwatch(device) as clock:
         history = fit(model, forget_set, config.train_config(), device, masks=masks, objective=negative_cross_entropy)
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("ga", "GA", Config, PRESET_DEFAULTS, run, SEARCH_SPACE)

@@ -46,6 +46,8 @@ from unlearn.methods.curvature import (
     per_sample_loss_gradients,
     trainable_parameters,
 )
+from unlearn.methods.space import LogUniform, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import prepare_model
 
 
@@ -92,6 +94,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {},
     "digits": {"alpha": 6.0, "num_fisher_samples": 128, "batch_size": 2048, "per_sample_batch_size": 128},
 }
+
+# `unlearn tune`'s range: the paper's IU alpha range [1, 20] (PAPER.md section 10), every preset.
+SEARCH_SPACE: SearchSpace = {"alpha": LogUniform(1.0, 20.0)}
 
 
 def run(
@@ -185,3 +190,6 @@ def _add_to_parameters(model: nn.Module, keep: Tensor | slice, step: Tensor) -> 
     for p in params:
         p.copy_(flat[start : start + p.numel()].view_as(p))
         start += p.numel()
+
+
+SPEC = MethodSpec("iu", "IU", Config, PRESET_DEFAULTS, run, SEARCH_SPACE)

@@ -13,6 +13,8 @@ from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
+from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
 GAMMA_SCHEDULES = ("linear_decay", "constant", "linear_increase")
@@ -46,6 +48,16 @@ class Config(IterativeConfig):
 PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
     "digits": {"batch_size": 32, "epochs": 1, "lr": 0.2, "lr_schedule": "cosine"},
+}
+
+# `unlearn tune`'s ranges: the paper's gamma range [1e-6, 1e-4] (linear decay; PAPER.md section 10),
+# FT's lr range and up to 10 epochs.
+SEARCH_SPACE: SearchSpace = {"gamma": LogUniform(1e-6, 1e-4), "lr": FT_LR, "epochs": EPOCHS}
+# digits: its ||theta||_1 is ~100x smaller than ResNet-18's, so l1 forgets from gamma ~1e-3
+# (measured: 5e-3): gamma's range moves up to [1e-5, 3e-2] (1e-6 does nothing here). lr may go up
+# to 0.5 and the one epoch is not searched (None), as FT's (ft.py).
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {
+    "digits": {"gamma": LogUniform(1e-5, 3e-2), "lr": LogUniform(1e-3, 0.5), "epochs": None}
 }
 
 
@@ -102,3 +114,6 @@ def run(
     with Stopwatch(device) as clock:
         history = fit(model, retain_set, config.train_config(), device, masks=masks, add_gradient=l1_gradient(config))
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("l1_sparse", "ℓ1-sparse", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)

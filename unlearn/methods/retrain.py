@@ -11,6 +11,7 @@ from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
 from unlearn.methods.base import Unlearned, check_method_config, working_copy
+from unlearn.methods.spec import MethodSpec
 from unlearn.presets import PRESETS
 from unlearn.train import TrainConfig, fit
 
@@ -64,3 +65,6 @@ def run(
         model = reinitialise(model, config.seed)
         history = fit(model, retain_set, replace(config.train, seed=config.seed), device, masks=masks)
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("retrain", "Retrain", Config, PRESET_DEFAULTS, run, approximate=False)

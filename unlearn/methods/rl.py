@@ -13,6 +13,8 @@ from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
+from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import History, fit
 
 
@@ -27,6 +29,12 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
     "digits": {"batch_size": 128, "epochs": 3},  # within tune's budget (0.2 of Retrain)
 }
+
+# `unlearn tune`'s ranges: FT's lr range (PAPER.md section 10) and up to 10 epochs.
+SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
+# digits: FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so RL may go up to lr
+# 0.2, where fine-tuning starts to overwrite what theta_o knew.
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2)}}
 
 
 def output_classes(model: nn.Module) -> int:
@@ -94,3 +102,6 @@ def run(
     with Stopwatch(device) as clock:
         history = fit_random_labels(model, retain_set, forget_set, config, device, masks=masks)
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("rl", "RL", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)

@@ -19,6 +19,8 @@ from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
 from unlearn.methods.base import IterativeConfig, PositiveFloat, Unlearned, working_copy
 from unlearn.methods.rl import fit_random_labels
+from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace, Uniform
+from unlearn.methods.spec import MethodSpec
 from unlearn.train import prepare_model
 
 
@@ -43,6 +45,12 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
     "digits": {"batch_size": 128, "epochs": 3},  # within tune's budget (0.2 of Retrain)
 }
+
+# `unlearn tune`'s ranges: FT's lr range (PAPER.md section 10), the saliency fraction rho over the
+# SalUn paper's values and up to 10 epochs.
+SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "rho": Uniform(0.1, 0.9), "epochs": EPOCHS}
+# digits: lr may go up to 0.2, as RL's (rl.py).
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2)}}
 
 
 def forget_gradients(
@@ -130,3 +138,6 @@ def run(
             model, retain_set, forget_set, config, device, masks=masks, after_step=freeze_outside(model, salient)
         )
     return Unlearned(model, clock.seconds, history)
+
+
+SPEC = MethodSpec("salun", "SalUn", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)
