@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from tasks.layout import PARAMS_FILE
+
 app = typer.Typer(
     help="Prune first, then unlearn: make image classifiers forget on request.",
     no_args_is_help=True,
@@ -41,14 +43,13 @@ ModelOption = Annotated[
     str | None, typer.Option("--model", help="Registered model; default: from params.yaml's preset.")
 ]
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml holding the promotion gates.")]
-PARAMS = Path("params.yaml")
 
 
 @app.command()
 def review(
     version: Annotated[int | None, typer.Option(help="Version to review; default: the `candidate`.")] = None,
     model: ModelOption = None,
-    params: ParamsOption = PARAMS,
+    params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Show a version against the champion (and Retrain) on UA, MIA-efficacy, RA, TA, RTE, with the gates."""
     from tasks.registry import review as review_version
@@ -68,7 +69,7 @@ def promote(
     reason: Annotated[str | None, typer.Option(help="Why (required with --force).")] = None,
     force: Annotated[bool, typer.Option(help="Promote despite failed gates; recorded as forced.")] = False,
     model: ModelOption = None,
-    params: ParamsOption = PARAMS,
+    params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Move the `champion` alias to a version that passes the gates; record reviewer, time and reason."""
     from tasks.registry import promote as promote_version
@@ -89,7 +90,7 @@ def promote(
 
 
 @app.command()
-def history(model: ModelOption = None, params: ParamsOption = PARAMS) -> None:
+def history(model: ModelOption = None, params: ParamsOption = PARAMS_FILE) -> None:
     """List the champion's lineage, newest first, with the deletion requests each version forgot."""
     from tasks.registry import history as lineage
     from tasks.registry import render_history
@@ -107,7 +108,7 @@ StudyParams = Annotated[Path, typer.Option("--params", help="The study's params 
 
 @app.command()
 def study(
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
     task_runner: Annotated[str, typer.Option(help="threads, or dask (a LocalCluster, or --address).")] = "threads",
     address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on (production).")] = None,
 ) -> None:
@@ -121,7 +122,7 @@ def study(
 
 
 @app.command()
-def report(params: StudyParams = PARAMS) -> None:
+def report(params: StudyParams = PARAMS_FILE) -> None:
     """Print the study's tables (the paper's Table 3 layout) and the findings checked on this run."""
     from tasks.params import load_params
     from tasks.report import report_tables
@@ -130,7 +131,7 @@ def report(params: StudyParams = PARAMS) -> None:
 
 
 @app.command("train-original")
-def train_original(params: StudyParams = PARAMS) -> None:
+def train_original(params: StudyParams = PARAMS_FILE) -> None:
     """Train (and prune, per `deletion.sparsity`) the first champion and register it in MLflow."""
     from flows.train_original import train_original as flow
 
@@ -142,9 +143,10 @@ def train_original(params: StudyParams = PARAMS) -> None:
 
 
 @app.command()
-def batch(params: StudyParams = PARAMS) -> None:
+def batch(params: StudyParams = PARAMS_FILE) -> None:
     """Run one deletion batch now, outside any schedule, and print what it registered."""
     from flows.deletion_batch import deletion_batch
+    from tasks.deletion import BATCH_METRICS
 
     summary = deletion_batch(str(params))
     typer.echo(f"deletion batch: {summary['status']}")
@@ -153,13 +155,13 @@ def batch(params: StudyParams = PARAMS) -> None:
     for key in ("batch_id", "model", "version", "requests", "rejected", "set_aside"):
         if summary.get(key):
             typer.echo(f"  {key}: {summary[key]}")
-    for name in ("UA", "UA_cumulative", "MIA_efficacy", "RA", "TA", "RTE_seconds"):
+    for name in BATCH_METRICS:
         if name in summary.get("metrics", {}):
             typer.echo(f"  {name}: {summary['metrics'][name]:.2f}")
 
 
 @app.command()
-def serve(params: StudyParams = PARAMS) -> None:
+def serve(params: StudyParams = PARAMS_FILE) -> None:
     """Serve the `deletion-batch` deployment on its cron schedule (`deletion.schedule`) until stopped."""
     from flows.deployments import serve_deletion_batch
 
@@ -167,7 +169,7 @@ def serve(params: StudyParams = PARAMS) -> None:
 
 
 @app.command()
-def demo(params: StudyParams = PARAMS) -> None:
+def demo(params: StudyParams = PARAMS_FILE) -> None:
     """The production path on the embedded default: champion, three requests (one bad), a batch, review."""
     from tasks import registry
     from tasks.common import bundle
@@ -204,7 +206,7 @@ def _columns(header: list[str], rows: list[list[str]]) -> str:
 
 @app.command()
 def cleanse(
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
     register: Annotated[bool, typer.Option(help="Register the Trojan model and its best cleanse in MLflow.")] = True,
 ) -> None:
     """Run the Trojan-model cleanse (PAPER.md 7.1) as a Prefect flow; print ASR and SA before and after."""
@@ -232,7 +234,7 @@ def cleanse(
 
 
 @app.command()
-def transfer(params: StudyParams = PARAMS) -> None:
+def transfer(params: StudyParams = PARAMS_FILE) -> None:
     """Run transfer after unlearning (PAPER.md 7.2) as a Prefect flow; print target accuracy and times."""
     import json
 
@@ -273,7 +275,7 @@ def request_submit(
     subject: Annotated[str | None, typer.Option(help="Whose data it is (free text).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why it must be forgotten.")] = None,
     inbox: InboxOption = None,
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Write a deletion request to the inbox (it waits as pending for the next batch)."""
     from tasks.requests import submit_request
@@ -297,7 +299,7 @@ def request_submit(
 def request_status(
     request_id: Annotated[str, typer.Argument(help="The request id.")],
     inbox: InboxOption = None,
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Where a request is: pending, claimed/<batch>, done/<batch> or rejected (with the reason)."""
     from tasks.requests import open_inbox
@@ -349,7 +351,7 @@ def request_reject(
     ] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Reject every request this batch still claims.")] = None,
     inbox: InboxOption = None,
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Reject a stuck request, or every request a stuck batch still claims (refused once the ledger has the batch)."""
     from tasks.requests import CLAIMED, InboxError, open_inbox
@@ -383,7 +385,7 @@ def request_reject(
 def request_release(
     batch: Annotated[str, typer.Option("--batch", help="The batch whose claimed requests go back to pending.")],
     inbox: InboxOption = None,
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Put every request a stuck batch still claims back in pending (refused once the ledger records the batch)."""
     from tasks.requests import InboxError, open_inbox
@@ -410,7 +412,7 @@ def tune(
     scenario: Annotated[str, typer.Option(help="A scenario of params.yaml's split.scenarios.")],
     sparsity: Annotated[float, typer.Option(help="Sparsity of the pruned original (0 = dense).")] = 0.0,
     trials: Annotated[int, typer.Option(help="Finished trials the study should hold (resumes).")] = 20,
-    params: StudyParams = PARAMS,
+    params: StudyParams = PARAMS_FILE,
     storage: Annotated[str, typer.Option(help="Optuna storage (resumable).")] = "sqlite:///optuna.db",
     task_runner: Annotated[str, typer.Option(help="threads, or dask (a LocalCluster, or --address).")] = "threads",
     address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on.")] = None,

@@ -30,6 +30,8 @@ import torch
 import yaml
 from machine import describe
 
+from tasks.layout import PARAMS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,9 +41,9 @@ def setup_project(folder: Path, method: str, sparsity: float) -> None:
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
                     ["dvc", "remote", "add", "-d", "local", str(folder / "remote")]):  # fmt: skip
         subprocess.run(command, check=True, cwd=folder, env=env)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((ROOT / PARAMS_FILE).read_text())
     params["deletion"].update(method=method, sparsity=sparsity)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / PARAMS_FILE).write_text(yaml.safe_dump(params))
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def one_batch(run: int) -> BatchTiming:
     ids = [f"digits/train/{100 + 3 * run + k:05d}" for k in range(3)]
     submitted, started = datetime.now(UTC), time.perf_counter()
     submit_request("data/requests", sample_ids=ids, request_id=f"bench-{run}")
-    state = deletion_batch("params.yaml", return_state=True)
+    state = deletion_batch(str(PARAMS_FILE), return_state=True)
     returned = time.perf_counter() - started
     result = state.result()
     if result["status"] != "registered":
@@ -98,7 +100,7 @@ def main() -> None:
     setup_project(folder, args.method, args.sparsity)
     from flows.train_original import train_original
 
-    train_original("params.yaml")
+    train_original(str(PARAMS_FILE))
     one_batch(-1)  # warm-up: the first batch pays one-time imports and database set-up
     runs = [one_batch(run) for run in range(args.runs)]
 

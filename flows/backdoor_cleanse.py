@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import default_gpu_slots, ensure_gpu_limit, raise_first_failure
 from tasks import backdoor
-from tasks.params import Params, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
 from unlearn.splits import Manifest
 
 REPORT_ARTIFACT = "backdoor-report"
@@ -72,6 +72,7 @@ def register_cleanse(params: Params, batch_id: str) -> dict[str, Any]:
         backdoor.trojan_path(sparsity),
         {"SA": row["SA_before"], "ASR": row["ASR_before"]},
         tags={**attack_tags, "backdoor.role": "trojan"},
+        experiment=params.tracking.experiment,
     )
     lineage = registry.Lineage(
         request_ids=(REQUEST_ID,),
@@ -86,6 +87,7 @@ def register_cleanse(params: Params, batch_id: str) -> dict[str, Any]:
         backdoor.cleansed_path(method, sparsity), lineage, metrics,
         tags={**attack_tags, "backdoor.role": "cleansed", "backdoor.sparsity": str(sparsity)},
         alias=CLEANSED_ALIAS,  # no candidate for service: `candidate` stays where it was
+        experiment=params.tracking.experiment,
     )  # fmt: skip
     tracking.client().set_registered_model_alias(trojan.name, TROJAN_ALIAS, str(trojan.version))
     return {"model_name": trojan.name, "trojan_version": str(trojan.version),
@@ -108,7 +110,7 @@ def publish_report(params: Params, registered: dict[str, Any] | None) -> str:
 
 
 @flow(name="backdoor_cleanse", flow_run_name="backdoor-cleanse-{params_path}")
-def backdoor_cleanse(params_path: str = "params.yaml", register_models: bool = True) -> dict[str, Any]:
+def backdoor_cleanse(params_path: str = str(PARAMS_FILE), register_models: bool = True) -> dict[str, Any]:
     """Poison, train and prune the Trojan models, cleanse each, report; register the best cleanse.
 
     Args:

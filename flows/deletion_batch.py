@@ -25,7 +25,7 @@ from prefect.concurrency.sync import concurrency
 
 from tasks import deletion, tracking
 from tasks.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
-from tasks.params import Params, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
 from tasks.requests import InboxError
 from unlearn.errors import UnlearnError
 
@@ -158,12 +158,12 @@ def _unlearn_and_register(params: Params, batch, ledger, split, digests):
     if version is not None:
         get_run_logger().info("batch %s already registered as version %s", batch.batch_id, version.version)
         return version, {}
-    with tracking.start_run("unlearn", f"deletion-{batch.batch_id}", tags=flow_run_tags(batch)):
+    with tracking.run(params, "unlearn", f"deletion-{batch.batch_id}", **flow_run_tags(batch)) as tracker:
         candidate = unlearn_champion(params, batch, ledger, split)
         metrics = evaluate_candidate(params, split, candidate)
         reference = retrain_reference(params, split, candidate) if params.deletion.retrain_reference else None
-        tracking.log_split(split.split, batch.batch_id)
-        tracking.log_evaluation(metrics)
+        tracker.log_split(split.split, batch.batch_id)
+        tracker.log_evaluation(metrics)
         version = register_candidate(params, batch, ledger, split, candidate, metrics, reference, digests)
     return version, metrics
 
@@ -176,7 +176,7 @@ def flow_run_tags(batch) -> dict[str, str]:
 
 
 @flow(name="deletion-batch", flow_run_name="deletion-batch-{params_path}", log_prints=True)
-def deletion_batch(params_path: str = "params.yaml") -> dict:
+def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
     """Unlearn every pending deletion request as one batch and register the candidate model."""
     params = load_params(params_path)
     with single_flight(params):
@@ -227,11 +227,8 @@ def publish(summary: dict) -> dict:
         lines.append(f"- set aside `{label}`: {reason}")
     if summary.get("metrics"):
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [
-            f"| {name} | {value:.2f} |"
-            for name, value in summary["metrics"].items()
-            if not name.startswith(("MIA_efficacy_", "MIA_privacy_"))
-        ]
+        metrics = summary["metrics"]
+        lines += [f"| {name} | {metrics[name]:.2f} |" for name in deletion.BATCH_METRICS if name in metrics]
     if "version" in summary:
         lines.append(
             f"\nMLflow: registered model `{summary['model']}` version {summary['version']} "

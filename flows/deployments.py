@@ -6,12 +6,12 @@ from prefect import serve
 from prefect.flows import EntrypointType
 
 from flows.deletion_batch import deletion_batch
-from tasks.params import load_params
+from tasks.params import PARAMS_FILE, load_params
 
 DEPLOYMENT = "deletion-batch"
 
 
-def deletion_batch_deployment(params_path: str = "params.yaml"):
+def deletion_batch_deployment(params_path: str = str(PARAMS_FILE)):
     """The deletion-batch deployment: `deletion.schedule` (cron, UTC), one run at a time."""
     params = load_params(params_path)
     return deletion_batch.to_deployment(
@@ -26,6 +26,6 @@ def deletion_batch_deployment(params_path: str = "params.yaml"):
     )
 
 
-def serve_deletion_batch(params_path: str = "params.yaml") -> None:
+def serve_deletion_batch(params_path: str = str(PARAMS_FILE)) -> None:
     """Serve the deployment from this process (Prefect's local API by default) until interrupted."""
     serve(deletion_batch_deployment(params_path))

@@ -37,7 +37,7 @@ from flows.stages import (
     validate_task,
 )
 from tasks import layout
-from tasks.params import Params, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
 from tasks.report import report_tables, study_methods
 from unlearn.errors import ConfigError
 
@@ -146,7 +146,7 @@ def raise_first_failure(futures: Iterable[PrefectFuture]) -> None:
 
 def publish_report(params: Params) -> str:
     """The study's tables as the flow run's markdown artifact `study-report`; returns the artifact id."""
-    where = Path.cwd() / layout.REPORTS / "study.md"
+    where = Path.cwd() / layout.STUDY_REPORT
     markdown = f"{report_tables(params)}\nFull report, with figures: `{where}`.\n"
     artifact_id = create_markdown_artifact(
         markdown=markdown, key=REPORT_ARTIFACT, description=f"Study tables of flow run {flow_run.name}"
@@ -172,7 +172,7 @@ def run_grid(params: Params) -> dict[str, Any]:
 @flow(name="study", flow_run_name="study-{params_path}", task_runner=make_task_runner("threads"))
 def study(
     params: Params | None = None,
-    params_path: str = "params.yaml",
+    params_path: str = str(PARAMS_FILE),
     task_runner: RunnerName = "threads",
     dask_address: str | None = None,
     gpu_slots: int | None = None,
@@ -196,7 +196,7 @@ def study(
 
 
 def run_study(
-    params_path: str = "params.yaml",
+    params_path: str = str(PARAMS_FILE),
     task_runner: RunnerName = "threads",
     address: str | None = None,
     params: Params | None = None,

@@ -22,7 +22,7 @@ from flows.stages import prepare_task, prune_task, train_task
 from tasks import deletion, layout, registry, tracking
 from tasks.common import load_model
 from tasks.ledger import Ledger
-from tasks.params import Params, load_params
+from tasks.params import PARAMS_FILE, Params, load_params
 
 
 def champion_params(params: Params) -> Params:
@@ -54,19 +54,20 @@ def register(params: Params, champion: bool, parent_version: str | None = None, 
     path = layout.original_path(seed, root) if dense else layout.pruned_path(sparsity, seed, root)
     _, checkpoint = load_model(path)
     tags = {"prefect.flow_run_id": str(flow_run.id), "seed": str(seed), **anchor_tags(params, ledger or Ledger())}
-    with tracking.start_run("train", f"original-seed{seed}", params=params.train, tags=tags):
-        tracking.log_evaluation({"TA": checkpoint.metadata["test_accuracy"]})
+    with tracking.run(params, "train", f"original-seed{seed}", params.train, **tags) as tracker:
+        tracker.log_evaluation({"TA": checkpoint.metadata["test_accuracy"]})
         return registry.register_original(
             path,
             {"TA": checkpoint.metadata["test_accuracy"]},
             parent_version=parent_version,
             champion=champion,
             tags=tags,
+            experiment=params.tracking.experiment,
         )
 
 
 @flow(name="train-original", flow_run_name="train-original-{params_path}", log_prints=True)
-def train_original(params_path: str = "params.yaml") -> dict:
+def train_original(params_path: str = str(PARAMS_FILE)) -> dict:
     """Train the first champion on the whole training set, prune it if configured, register it."""
     params = champion_params(load_params(params_path))
     prepare_task(params)

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import raise_first_failure
 from tasks import transfer as transfer_stage
-from tasks.params import load_params
+from tasks.params import PARAMS_FILE, load_params
 
 REPORT_ARTIFACT = "transfer-report"
 
@@ -26,7 +26,7 @@ transfer_task = task(transfer_stage.run_transfer, name="transfer", task_run_name
 
 
 @flow(name="transfer", flow_run_name="transfer-{params_path}")
-def transfer(params_path: str = "params.yaml") -> dict[str, Any]:
+def transfer(params_path: str = str(PARAMS_FILE)) -> dict[str, Any]:
     """Train the source model, unlearn and retrain it, transfer all three both ways; publish the table.
 
     Returns the report's and metrics' paths and the artifact's id.

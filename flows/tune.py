@@ -24,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import wait
 
 from flows.study import LOCAL_CLUSTER, RunnerName, make_task_runner
-from tasks.params import load_params
+from tasks.params import PARAMS_FILE, load_params
 from tasks.tune import (
     DEFAULT_FOLDS,
     DEFAULT_STORAGE,
@@ -60,7 +60,7 @@ def tune_flow(
     scenario: str,
     sparsity: float = 0.0,
     trials: int = 20,
-    params_path: str = "params.yaml",
+    params_path: str = str(PARAMS_FILE),
     storage: str = DEFAULT_STORAGE,
     max_cost_share: float | None = None,
     folds: int = DEFAULT_FOLDS,

@@ -39,11 +39,9 @@ from unlearn.presets import Preset
 from unlearn.prune import prune, train_with_rewind
 from unlearn.splits import Manifest
 
-MODELS = layout.MODELS / "backdoor"
-METRICS = layout.METRICS / "backdoor"  # one file per cleanse (method, sparsity)
-SUMMARY = layout.METRICS / "backdoor.json"  # all of them, by method and sparsity: the DVC metric
-REPORT = layout.REPORTS / "backdoor.md"
-FIGURE = layout.REPORTS / "backdoor" / "asr_sa_by_sparsity.png"
+SUMMARY = layout.BACKDOOR_SUMMARY  # every cleanse's SA and ASR, by method and sparsity: the DVC metric
+REPORT = layout.BACKDOOR_REPORT
+FIGURE = layout.BACKDOOR_FIGURES / "asr_sa_by_sparsity.png"
 # The paper's application trains its Trojan models with OMP (PAPER.md 7.1).
 PRUNER = "omp"
 
@@ -51,25 +49,28 @@ PRUNER = "omp"
 # --- where things live ---------------------------------------------------------------------
 
 
+# (tasks/layout.py owns them; these names are the stage's.)
+
+
 def dense_path() -> Path:
-    return MODELS / "dense.pt"
+    return layout.BACKDOOR_DENSE
 
 
 def rewind_path() -> Path:
     """The dense Trojan model's weights at the rewind epoch (OMP rewinds to them)."""
-    return MODELS / "dense.rewind.pt"
+    return layout.BACKDOOR_REWIND
 
 
 def trojan_path(sparsity: float) -> Path:
-    return MODELS / "trojan" / f"{layout.sparsity_tag(sparsity)}.pt"
+    return layout.trojan_path(sparsity)
 
 
 def cleansed_path(method: str, sparsity: float) -> Path:
-    return MODELS / "cleansed" / method / f"{layout.sparsity_tag(sparsity)}.pt"
+    return layout.cleansed_path(method, sparsity)
 
 
 def metrics_path(method: str, sparsity: float) -> Path:
-    return METRICS / method / f"{layout.sparsity_tag(sparsity)}.json"
+    return layout.backdoor_metrics_path(method, sparsity)
 
 
 # --- the attack ----------------------------------------------------------------------------
@@ -116,9 +117,9 @@ def attack_meta(poisoned: Poisoned) -> dict:
     }
 
 
-def log_attack(log, poisoned: Poisoned) -> None:
-    log.set_tags({"backdoor.poison_digest": poison_digest(poisoned)})
-    log.log_params({"attack": asdict(poisoned.config), "poisoned_count": len(poisoned.poisoned_indices)})
+def log_attack(tracker, poisoned: Poisoned) -> None:
+    tracker.set_tags({"backdoor.poison_digest": poison_digest(poisoned)})
+    tracker.log_params({"attack": asdict(poisoned.config), "poisoned_count": len(poisoned.poisoned_indices)})
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -128,13 +129,12 @@ def train_trojan(params: Params) -> Path:
     """Train the dense Trojan model on the poisoned training set; keep its rewind-epoch weights."""
     (data, poisoned), chosen = poisoned_data(params), device()
     recipe, seed = trojan_recipe(params), params.backdoor.seed
-    with tracked(params, "train", "backdoor-trojan-dense", recipe.train, seed=seed, application="backdoor") as log:
+    with tracked(params, "train", "backdoor-trojan-dense", recipe.train, seed=seed, application="backdoor") as tracker:
         model, rewind_state, history = train_with_rewind(recipe, data, poisoned.train_set, chosen, seed)
         metrics = backdoor_metrics(model, data.test, poisoned.config, chosen)
-        if log:
-            log_attack(log, poisoned)
-            log.log_history(history)
-            log.log_evaluation({"SA": metrics.standard_accuracy, "ASR": metrics.attack_success_rate})
+        log_attack(tracker, poisoned)
+        tracker.log_history(history)
+        tracker.log_evaluation({"SA": metrics.standard_accuracy, "ASR": metrics.attack_success_rate})
     meta = dict(seed=seed, epochs=recipe.train.epochs, train_seconds=history.seconds, **attack_meta(poisoned))
     written = save_model(dense_path(), model, params, data, SA=metrics.standard_accuracy,
                          ASR=metrics.attack_success_rate, **meta)  # fmt: skip
@@ -168,14 +168,13 @@ def prune_trojan_to(params: Params, sparsity: float) -> Path:
     rewind, _ = load_model(rewind_path())
     seed, recipe = params.backdoor.seed, trojan_recipe(params)
     name = f"backdoor-trojan-{PRUNER}-s{sparsity}"
-    with tracked(params, "prune", name, recipe.train, seed=seed, sparsity=sparsity, application="backdoor") as log:
+    with tracked(params, "prune", name, recipe.train, seed=seed, sparsity=sparsity, application="backdoor") as tracker:
         result = prune(PRUNER, recipe, data, poisoned.train_set, chosen, sparsity, seed=seed,
                        dense=(dense, rewind.state_dict()))  # fmt: skip
         metrics = backdoor_metrics(result.model, data.test, poisoned.config, chosen)
-        if log:
-            log_attack(log, poisoned)
-            log.log_history(result.history)
-            log.log_evaluation({"SA": metrics.standard_accuracy, "ASR": metrics.attack_success_rate,
+        log_attack(tracker, poisoned)
+        tracker.log_history(result.history)
+        tracker.log_evaluation({"SA": metrics.standard_accuracy, "ASR": metrics.attack_success_rate,
                                 "sparsity": result.sparsity})  # fmt: skip
     meta.update(achieved_sparsity=result.sparsity, prune_seconds=result.seconds,
                 SA=metrics.standard_accuracy, ASR=metrics.attack_success_rate)  # fmt: skip
@@ -204,14 +203,13 @@ def cleanse_trojan_at(params: Params, method: str, sparsity: float) -> Path:
     config = method_settings(params, method)
     name = f"backdoor-cleanse-{method}-s{sparsity}"
     tags = {"method": method, "sparsity": sparsity, "application": "backdoor"}
-    with tracked(params, "unlearn", name, config, **tags) as log:
+    with tracked(params, "unlearn", name, config, **tags) as tracker:
         result = cleanse(trojan, poisoned, data.test, method, chosen, masks=checkpoint.masks, config=config)
         row = cleanse_row(method, sparsity, result, len(poisoned.poisoned_indices))
-        if log:
-            log_attack(log, poisoned)
-            if result.unlearned.history:
-                log.log_history(result.unlearned.history)
-            log.log_evaluation({k: v for k, v in row.items() if isinstance(v, float)})
+        log_attack(tracker, poisoned)
+        if result.unlearned.history:
+            tracker.log_history(result.unlearned.history)
+        tracker.log_evaluation({k: v for k, v in row.items() if isinstance(v, float)})
     meta = dict(method=method, sparsity=sparsity, parent=str(trojan_path(sparsity)),
                 unlearn_seconds=result.unlearned.seconds, method_config=flatten(config),
                 **attack_meta(poisoned), **{k: row[k] for k in ("SA_before", "ASR_before", "SA", "ASR")})  # fmt: skip
@@ -315,15 +313,14 @@ def report_tables(params: Params) -> str:
 def build_report(params: Params) -> Path:
     """Write reports/backdoor.md, its figure and metrics/backdoor.json (every cleanse's SA and ASR)."""
     rows = load_rows(params)
-    with tracked(params, "report", "backdoor-report", params.backdoor, application="backdoor") as log:
+    with tracked(params, "report", "backdoor-report", params.backdoor, application="backdoor") as tracker:
         drawn = figure(rows, FIGURE)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(render(params, rows, drawn))
         summary = {method: {layout.sparsity_tag(row["sparsity"]): row for row in by_sparsity}
                    for method, by_sparsity in rows.items()}  # fmt: skip
         SUMMARY.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if log:
-            log.log_artifacts([REPORT, drawn], "backdoor")
+        tracker.log_artifacts([REPORT, drawn], "backdoor")
     return REPORT
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -52,7 +52,7 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
     gets its default. Bad input ends the process with status 2 and the error's message.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default=str(layout.Path("params.yaml")))
+    parser.add_argument("--params", default=str(layout.PARAMS_FILE))
     for name, kind, *optional in arguments:
         parser.add_argument(f"--{name}", type=kind, required=not optional, help=optional[0] if optional else None)
     args = {name: value for name, value in vars(parser.parse_args()).items() if value is not None}
@@ -84,15 +84,13 @@ def load_model(path, **expect) -> tuple[torch.nn.Module, Checkpoint]:
     return restore_model(checkpoint), checkpoint
 
 
-@contextmanager
-def tracked(params: Params, kind: str, name: str, config=None, **tags):
-    """An MLflow run around one unit of a stage's work; yields `tasks.tracking`, or None when disabled."""
-    if not params.tracking.enabled:
-        yield None
-        return
+def tracked(params: Params, kind: str, name: str, config=None, /, **tags) -> AbstractContextManager:
+    """`tasks.tracking.run`: a run around one unit of a stage's work, yielding a tracker.
+
+    The same entry point, imported on first use, so importing a stage does not import MLflow
+    (~2 s). The tracker is a `Tracker`, or a `NoTracker` when `params.tracking.enabled` is false:
+    log through it unconditionally.
+    """
     from tasks import tracking
 
-    recipe = preset(params)
-    tags = {"dataset": recipe.dataset, "arch": recipe.arch, "device": str(device()), **tags}
-    with tracking.start_run(kind, name, params=config, tags=tags, experiment=params.tracking.experiment):
-        yield tracking
+    return tracking.run(params, kind, name, config, **tags)

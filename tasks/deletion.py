@@ -32,11 +32,14 @@ from tasks.requests import DeletionRequest, Inbox, InboxError, new_batch_id, ope
 from tasks.validate import validate_against
 from unlearn.errors import UnlearnError
 from unlearn.methods import run_method
-from unlearn.metrics import evaluate
+from unlearn.metrics import HEADLINE_METRICS, evaluate
 from unlearn.splits import Manifest, Split, resolve_ids
 from unlearn.train import accuracy
 
 log = logging.getLogger(__name__)
+# What a batch reports (`unlearn batch`, the flow's artifact): the headline metrics, then UA on
+# every sample deleted so far (`evaluate_candidate`).
+BATCH_METRICS = (*HEADLINE_METRICS, "UA_cumulative")
 
 
 class NoChampionError(UnlearnError):
@@ -331,7 +334,12 @@ def register_candidate(
     )
     tags = {**dvc_digests, "deletion.rejected": ",".join(sorted(batch.rejected))}
     return registry.register_unlearned(
-        candidate.checkpoint, lineage, metrics, retrain_metrics=retrain_metrics, tags=tags
+        candidate.checkpoint,
+        lineage,
+        metrics,
+        retrain_metrics=retrain_metrics,
+        tags=tags,
+        experiment=params.tracking.experiment,
     )
 
 

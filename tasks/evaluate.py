@@ -14,15 +14,13 @@ from pathlib import Path
 from tasks import layout
 from tasks.common import bundle, device, load_model, split, stage_main, tracked
 from tasks.params import Params
-from unlearn.metrics import evaluate
-
-HEADLINE = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
+from unlearn.metrics import GAP_METRICS, HEADLINE_METRICS, evaluate
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
     """Mean and (sample) std over seeds of each headline metric."""
     summary: dict[str, float] = {"seeds": len(runs)}
-    for name in HEADLINE:
+    for name in HEADLINE_METRICS:
         values = [run[name] for run in runs]
         summary[name] = statistics.fmean(values)
         summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -43,9 +41,8 @@ def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dic
             runs.append(evaluation.as_dict())
         summary = {"sparsity": sparsity, **summarise(runs)}
         name = f"evaluate-{method}-{scenario}-s{sparsity}"
-        with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as log:
-            if log:
-                log.log_evaluation(summary)
+        with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as tracker:
+            tracker.log_evaluation(summary)
         results[layout.sparsity_tag(sparsity)] = summary
     write_results(scenario, method, results)
     return results
@@ -59,9 +56,9 @@ def write_results(scenario: str, method: str, results: dict[str, dict[str, float
     layout.plot_path(scenario, method).parent.mkdir(parents=True, exist_ok=True)
     with layout.plot_path(scenario, method).open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["sparsity", "UA", "MIA_efficacy", "RA", "TA"])
+        writer.writerow(["sparsity", *GAP_METRICS])
         for row in results.values():
-            writer.writerow([row["sparsity"], *(round(row[k], 4) for k in ("UA", "MIA_efficacy", "RA", "TA"))])
+            writer.writerow([row["sparsity"], *(round(row[k], 4) for k in GAP_METRICS)])
     return path
 
 

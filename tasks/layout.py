@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The one experiment configuration: DVC params, stage and flow parameters (loaded by tasks/params.py).
+PARAMS_FILE = Path("params.yaml")
 RAW = Path("data/raw/dataset.npz")
 SPLITS = Path("data/splits")
 MODELS = Path("models")
 CHAMPION_MODELS = MODELS / "champion"
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+# UA and MIA-efficacy against sparsity, one CSV per scenario and method: dvc.yaml's top-level plots.
+PLOTS = METRICS / "plots"
+# The study's tables (tasks/report.py) and its figures, one per scenario.
+STUDY_REPORT = REPORTS / "study.md"
+FIGURES = REPORTS / "figures"
 # What `unlearn tune` found, per search: the defaults' and the tuned values' gap (git-tracked, beside
 # params.yaml's `tuned` section; the study report shows it).
 TUNING_RECORD = REPORTS / "tuning.json"
@@ -41,17 +48,27 @@ def rewind_path(seed: int, root: Path = MODELS) -> Path:
     return original_dir(root) / f"seed{seed}.rewind.pt"
 
 
+def pruned_root(root: Path = MODELS) -> Path:
+    """Every sparsity's pruned models (what retrain and unlearn read)."""
+    return Path(root) / "pruned"
+
+
 def pruned_dir(sparsity: float, root: Path = MODELS) -> Path:
-    return Path(root) / "pruned" / sparsity_tag(sparsity)
+    return pruned_root(root) / sparsity_tag(sparsity)
 
 
 def pruned_path(sparsity: float, seed: int, root: Path = MODELS) -> Path:
     return pruned_dir(sparsity, root) / f"seed{seed}.pt"
 
 
+def unlearned_method_dir(scenario: str, method: str) -> Path:
+    """One method's models in one scenario, every sparsity: what its unlearn stage writes."""
+    return MODELS / "unlearn" / scenario / method
+
+
 def unlearned_dir(scenario: str, method: str, sparsity: float) -> Path:
     """Retrain's models live here too, under method `retrain`."""
-    return MODELS / "unlearn" / scenario / method / sparsity_tag(sparsity)
+    return unlearned_method_dir(scenario, method) / sparsity_tag(sparsity)
 
 
 def unlearned_path(scenario: str, method: str, sparsity: float, seed: int) -> Path:
@@ -64,7 +81,7 @@ def metrics_path(scenario: str, method: str) -> Path:
 
 def plot_path(scenario: str, method: str) -> Path:
     """UA and MIA-efficacy against sparsity: dvc.yaml's top-level plots read metrics/plots/."""
-    return METRICS / "plots" / scenario / f"{method}.csv"
+    return PLOTS / scenario / f"{method}.csv"
 
 
 def validation_report(scenario: str) -> Path:
@@ -83,3 +100,45 @@ def batch_validation_report(batch_id: str) -> Path:
 def batch_model_path(batch_id: str) -> Path:
     """The candidate a deletion batch unlearned."""
     return MODELS / "batches" / batch_id / "candidate.pt"
+
+
+# The Trojan-model cleanse (tasks/backdoor.py, dvc stages backdoor_*).
+BACKDOOR_MODELS = MODELS / "backdoor"
+BACKDOOR_DENSE = BACKDOOR_MODELS / "dense.pt"
+# The dense Trojan model's weights at the rewind epoch (OMP rewinds to them).
+BACKDOOR_REWIND = BACKDOOR_MODELS / "dense.rewind.pt"
+BACKDOOR_METRICS = METRICS / "backdoor"  # one file per cleanse (method, sparsity)
+BACKDOOR_SUMMARY = METRICS / "backdoor.json"  # all of them, by method and sparsity: the DVC metric
+BACKDOOR_REPORT = REPORTS / "backdoor.md"
+BACKDOOR_FIGURES = REPORTS / "backdoor"
+
+
+def trojan_dir() -> Path:
+    """The Trojan model at every sparsity (backdoor_prune)."""
+    return BACKDOOR_MODELS / "trojan"
+
+
+def trojan_path(sparsity: float) -> Path:
+    return trojan_dir() / f"{sparsity_tag(sparsity)}.pt"
+
+
+def cleansed_dir(method: str) -> Path:
+    """What backdoor_cleanse with `method` made of each Trojan model."""
+    return BACKDOOR_MODELS / "cleansed" / method
+
+
+def cleansed_path(method: str, sparsity: float) -> Path:
+    return cleansed_dir(method) / f"{sparsity_tag(sparsity)}.pt"
+
+
+def backdoor_metrics_dir(method: str) -> Path:
+    return BACKDOOR_METRICS / method
+
+
+def backdoor_metrics_path(method: str, sparsity: float) -> Path:
+    return backdoor_metrics_dir(method) / f"{sparsity_tag(sparsity)}.json"
+
+
+# Transfer after unlearning (tasks/transfer.py, dvc stage transfer).
+TRANSFER_METRICS = METRICS / "transfer.json"
+TRANSFER_REPORT = REPORTS / "transfer.md"

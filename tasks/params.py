@@ -14,22 +14,24 @@ import re
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.layout import sparsity_tag
+from tasks.layout import PARAMS_FILE, sparsity_tag
 from unlearn.backdoor import cleanse_config
 from unlearn.config import SettingError, replace_checked
 from unlearn.data import DATASETS
 from unlearn.errors import ConfigError
-from unlearn.methods import METHOD_NAMES, default_config
+from unlearn.methods import APPROXIMATE_METHODS, METHOD_NAMES, default_config
 from unlearn.presets import PRESETS
 from unlearn.train import TrainConfig
 from unlearn.transfer import TRANSFER_PRESETS, TransferConfig, TransferPreset
 
-PARAMS_FILE = Path("params.yaml")
+# Method names as params.yaml may give them: the registry's (unlearn.methods.registry.METHODS).
+MethodName = Literal[METHOD_NAMES]
+ApproximateMethodName = Literal[APPROXIMATE_METHODS]  # every method but Retrain, the reference
 
 
 class Strict(BaseModel):
@@ -93,34 +95,22 @@ class TrainParams(Strict):
     batch_size: int | None = Field(None, ge=1)
 
 
+# A pruning level: the share of prunable weights that are zero, in [0, 1) (0 = the dense model).
+Sparsity = Annotated[float, Field(ge=0, lt=1)]
+
+
 class PruneParams(Strict):
     """The pruner and the sparsities studied (0 = the dense original)."""
 
     method: Literal["omp", "imp", "synflow"] = "omp"
-    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
-
-    @field_validator("sparsities")
-    @classmethod
-    def _in_range(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if not 0 <= v < 1]
-        if bad:
-            raise ValueError(f"sparsities must lie in [0, 1), got {bad}")
-        return values
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
 
 
 class UnlearnParams(Strict):
     """The methods studied and their settings (overrides of each method's preset defaults)."""
 
-    methods: list[str] = Field(default_factory=lambda: [m for m in METHOD_NAMES if m != "retrain"])
+    methods: list[MethodName] = Field(default_factory=lambda: list(APPROXIMATE_METHODS))
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, values: list[str]) -> list[str]:
-        unknown = [m for m in values if m not in METHOD_NAMES]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
-        return values
 
 
 class EvaluateParams(Strict):
@@ -142,8 +132,8 @@ class DeletionParams(Strict):
 
     inbox: str = "data/requests"  # a folder, or s3://bucket/prefix/
     ledger: str = "data/ledger/ledger.csv"
-    method: str = "l1_sparse"
-    sparsity: float = Field(0.95, ge=0, lt=1)  # the first champion's sparsity (0 = dense)
+    method: ApproximateMethodName = "l1_sparse"
+    sparsity: Sparsity = 0.95  # the first champion's sparsity (0 = dense)
     seed: int = 0
     retrain_reference: bool = False  # also retrain on the new Dr and report the gap to it
     dvc_push: bool = True  # version the batch's split and the ledger with DVC and push them
@@ -157,17 +147,18 @@ class DeletionParams(Strict):
     # found for this scenario at the champion's sparsity (params.yaml: random); null: none.
     tuned_scenario: str | None = None
 
-    @field_validator("method")
+    @field_validator("method", mode="before")
     @classmethod
-    def _approximate_method(cls, value: str) -> str:
-        if value not in METHOD_NAMES or value == "retrain":
-            known = ", ".join(m for m in METHOD_NAMES if m != "retrain")
-            raise ValueError(f"deletion.method must be an unlearning method ({known}), got {value!r}")
-        return value
+    def _approximate_method(cls, value: Any) -> Any:
+        return _approximate(value, "deletion.method")
 
 
 class TrackingParams(Strict):
-    """MLflow tracking of the study's stages (the store: MLFLOW_TRACKING_URI, default sqlite mlflow.db)."""
+    """MLflow tracking of the stages and flows (the store: MLFLOW_TRACKING_URI, default sqlite mlflow.db).
+
+    Disabled, no stage or flow opens a run, but the registry still records the models it
+    registers, in `experiment` (see `tasks.tracking`).
+    """
 
     enabled: bool = True
     experiment: str = "unlearn-study"
@@ -180,8 +171,8 @@ class BackdoorParams(Strict):
     `settings` override each method's cleanse config (`unlearn.backdoor.cleanse_config`).
     """
 
-    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
-    methods: list[str] = Field(default_factory=lambda: ["ft", "l1_sparse"], min_length=1)
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.0, 0.5, 0.9, 0.95], min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["ft", "l1_sparse"], min_length=1)
     trigger_size: int | None = Field(None, ge=1)
     patch_value: float | None = Field(None, ge=0, le=1)
     poison_ratio: float | None = Field(None, gt=0, lt=1)
@@ -190,21 +181,13 @@ class BackdoorParams(Strict):
     epochs: int | None = Field(None, ge=1)  # the Trojan model's training; null = the preset's
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @field_validator("sparsities")
-    @classmethod
-    def _sparsities_in_range(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if not 0 <= v < 1]
-        if bad:
-            raise ValueError(f"sparsities must lie in [0, 1), got {bad}")
-        return values
 
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, values: list[str]) -> list[str]:
-        unknown = [m for m in values if m not in METHOD_NAMES]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
-        return values
+def _approximate(value: Any, key: str) -> Any:
+    """`value` if it names an approximate method (any but Retrain, the reference); else an error naming `key`."""
+    if value not in APPROXIMATE_METHODS:
+        known = ", ".join(APPROXIMATE_METHODS)
+        raise ValueError(f"{key} must be an unlearning method other than retrain ({known}), got {value!r}")
+    return value
 
 
 def _one_of(value: str | None, known, what: str) -> str | None:
@@ -235,7 +218,7 @@ class TransferParams(Strict):
     source_classes: list[int] | None = None
     target_classes: list[int] | None = None
     forget_classes: list[int] | None = None
-    method: str = "l1_sparse"
+    method: ApproximateMethodName = "l1_sparse"
     seed: int = 0
     epochs: int | None = Field(None, ge=1)
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -257,12 +240,10 @@ class TransferParams(Strict):
     def _known_recipe(cls, value: str | None) -> str | None:
         return _one_of(value, PRESETS, "preset")
 
-    @field_validator("method")
+    @field_validator("method", mode="before")
     @classmethod
-    def _approximate_method(cls, value: str) -> str:
-        if value not in METHOD_NAMES or value == "retrain":
-            raise ValueError(f"transfer.method must be an approximate unlearning method, got {value!r}")
-        return value
+    def _approximate_method(cls, value: Any) -> Any:
+        return _approximate(value, "transfer.method")
 
     @model_validator(mode="after")
     def _tasks_fit(self) -> TransferParams:
@@ -351,8 +332,8 @@ class Params(Strict):
     @model_validator(mode="after")
     def _tuned_fit_methods(self) -> Params:
         for method, by_preset in self.tuned.items():
-            if method not in METHOD_NAMES or method == "retrain":
-                raise ValueError(f"tuned.{method}: not a tunable unlearning method")
+            if method not in APPROXIMATE_METHODS:
+                raise ValueError(f"tuned.{method}: not a tunable unlearning method ({', '.join(APPROXIMATE_METHODS)})")
             for preset, by_scenario in by_preset.items():
                 for scenario, by_sparsity in by_scenario.items():
                     for tag, values in by_sparsity.items():

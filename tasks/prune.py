@@ -34,12 +34,11 @@ def prune_originals(
         rewind, _ = load_model(layout.rewind_path(seed, root))
         given = None if params.prune.method == "synflow" else (dense, rewind.state_dict())
         name = f"prune-{params.prune.method}-s{sparsity}-seed{seed}"
-        with tracked(params, "prune", name, params.prune, seed=seed) as log:
+        with tracked(params, "prune", name, params.prune, seed=seed) as tracker:
             result = prune(params.prune.method, recipe, data, train_set, chosen, sparsity, seed=seed, dense=given)
             test_accuracy = accuracy(result.model, data.test, chosen)
-            if log:
-                log.log_history(result.history)
-                log.log_evaluation({"TA": test_accuracy, "sparsity": result.sparsity})
+            tracker.log_history(result.history)
+            tracker.log_evaluation({"TA": test_accuracy, "sparsity": result.sparsity})
         meta.update(achieved_sparsity=result.sparsity, prune_seconds=result.seconds, test_accuracy=test_accuracy)
         path = layout.pruned_path(sparsity, seed, root)
         written.append(save_model(path, result.model, params, data, masks=result.masks, **meta))

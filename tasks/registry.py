@@ -45,6 +45,7 @@ from unlearn.checkpoint import Checkpoint, load_checkpoint, restore_model
 from unlearn.data import as_float
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.masks import sparsity
+from unlearn.metrics import HEADLINE_METRICS
 from unlearn.models import Classifier
 from unlearn.presets import get_preset
 
@@ -73,7 +74,6 @@ CHECKPOINT_TAG = "checkpoint.sha256"
 METRIC_PREFIX = "metrics."
 RETRAIN_PREFIX = "retrain."
 PROMOTION_PREFIX = "promotion."
-REVIEW_METRICS = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
 MODEL_ARTIFACT = "model"
 # torch.export's graph format: loading runs no pickled code (as checkpoints load with
 # weights_only=True) and needs no `unlearn` package. ~3 s to log a digits model here;
@@ -319,14 +319,20 @@ def _register_checkpoint(
     description: str,
     example_inputs: torch.Tensor | None,
     checkpoint: Checkpoint,
+    experiment: str | None = None,
 ) -> ModelVersion:
-    """Log and register a checkpoint (read once, by the caller) inside the active run (or a new `register` run)."""
+    """Log and register a checkpoint (read once, by the caller) inside the active run (or a new `register` run).
+
+    The registry needs a run whether tracking is enabled or not (see `tasks.tracking`): its own
+    goes to `experiment` and carries the batch id, so `tasks.deletion.close_interrupted` finds it.
+    """
     meta = checkpoint.metadata
     name = model_name(meta["dataset"], meta["arch"])
+    run_tags = {"dataset": meta["dataset"], "arch": meta["arch"], **{k: tags[k] for k in (BATCH_TAG,) if k in tags}}
     run = (
         nullcontext()
         if mlflow.active_run()
-        else tracking.start_run("register", f"register-{kind}", tags={"dataset": meta["dataset"], "arch": meta["arch"]})
+        else tracking.start_run("register", f"register-{kind}", tags=run_tags, experiment=experiment)
     )
     with run:
         info, model = log_checkpoint_model(checkpoint_path, example_inputs, checkpoint)
@@ -356,12 +362,15 @@ def register_original(
     parent_version: str | None = None,
     champion: bool = False,
     tags: Mapping[str, str] | None = None,
+    experiment: str | None = None,
 ) -> ModelVersion:
     """Register an original model (dense, or sparse with `parent_version` its dense original).
 
     Args:
         metrics: its TA (and whatever else was measured), kept as `metrics.*` tags.
         champion: make it the first champion; refused if the registered model has one.
+        experiment: the experiment of its own `register` run, where no run is active (callers
+            pass `params.tracking.experiment`); None: MLFLOW_EXPERIMENT_NAME, else `unlearn`.
     """
     checkpoint = load_checkpoint(checkpoint_path)
     if champion:
@@ -370,7 +379,13 @@ def register_original(
     if parent_version is not None:
         version_tags[PARENT_TAG] = str(parent_version)
     version = _register_checkpoint(
-        checkpoint_path, ORIGINAL, version_tags, "Original model (before any unlearning).", example_inputs, checkpoint
+        checkpoint_path,
+        ORIGINAL,
+        version_tags,
+        "Original model (before any unlearning).",
+        example_inputs,
+        checkpoint,
+        experiment=experiment,
     )
     if champion:
         _bootstrap_champion(version)
@@ -387,6 +402,7 @@ def register_unlearned(
     retrain_version: str | None = None,
     tags: Mapping[str, str] | None = None,
     alias: str | None = CANDIDATE,
+    experiment: str | None = None,
 ) -> ModelVersion:
     """Register an unlearned model tagged with the requests it forgot, and point `alias` at it.
 
@@ -394,6 +410,7 @@ def register_unlearned(
         metrics: UA (on the batch's forget set), MIA_efficacy, RA, TA, RTE_seconds, ...
         retrain_metrics / retrain_version: the retrained reference, where the policy asks for one.
         alias: `candidate` (awaiting review) by default; another alias, or None for none.
+        experiment: the experiment of its own `register` run, where no run is active (see `register_original`).
     """
     version_tags = {**lineage.tags(), **metric_tags(metrics), **(tags or {})}
     version_tags.update(metric_tags(retrain_metrics or {}, RETRAIN_PREFIX))
@@ -404,7 +421,9 @@ def register_unlearned(
         f"{len(lineage.request_ids)} request(s) of batch {lineage.batch_id}."
     )
     checkpoint = load_checkpoint(checkpoint_path)
-    version = _register_checkpoint(checkpoint_path, UNLEARNED, version_tags, description, example_inputs, checkpoint)
+    version = _register_checkpoint(
+        checkpoint_path, UNLEARNED, version_tags, description, example_inputs, checkpoint, experiment=experiment
+    )
     if alias is not None:
         tracking.client().set_registered_model_alias(version.name, alias, str(version.version))
     return version
@@ -547,7 +566,7 @@ def review(
             "champion": (theirs or {}).get(metric),
             "retrain": retrain.get(metric),
         }
-        for metric in REVIEW_METRICS
+        for metric in HEADLINE_METRICS
     }
     results = check_gates(ours, theirs, gates or load_gates())
     return Review(

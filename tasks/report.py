@@ -18,19 +18,17 @@ from tasks import layout
 from tasks.common import stage_main
 from tasks.params import Params, Scenario, values_text
 from unlearn.errors import ConfigError
-from unlearn.metrics import GAP_METRICS, Evaluation, compare_to_retrain
+from unlearn.methods import METHODS
+from unlearn.metrics import FORGETTING_METRICS, GAP_METRICS, Evaluation, compare_to_retrain
 
-STUDY = layout.REPORTS / "study.md"
-FIGURES = layout.REPORTS / "figures"
+STUDY = layout.STUDY_REPORT
+FIGURES = layout.FIGURES
 # Finding (c): "a small fraction of Retrain's cost" made concrete.
 RTE_RATIO_LIMIT = 0.25
 # The approximate methods of the paper's Table 3; RL and SalUn come from the later SalUn paper.
 PAPER_BASELINES = ("ft", "ga", "ff", "iu")
-METHOD_LABELS = {
-    "retrain": "Retrain", "ft": "FT", "ga": "GA", "rl": "RL",
-    "iu": "IU", "ff": "FF", "l1_sparse": "ℓ1-sparse", "salun": "SalUn",
-}  # fmt: skip
-METRIC_LABELS = {"UA": "UA", "MIA_efficacy": "MIA-efficacy", "RA": "RA", "TA": "TA"}
+METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}  # each module's SPEC.label
+METRIC_LABELS = {name: name.replace("_", "-") for name in GAP_METRICS}  # MIA_efficacy: MIA-efficacy
 RADAR_METHODS = ("retrain", "ft", "l1_sparse")
 
 Summary = dict[str, float]  # one sparsity of one method: means, stds, seeds
@@ -262,7 +260,7 @@ def sparsity_figure(params: Params, scenario: str, results: ScenarioResults, pat
     sparsities = params.prune.sparsities
     figure = Figure(figsize=(10, 4))
     FigureCanvasAgg(figure)
-    for axes, metric in zip(figure.subplots(1, 2), ("UA", "MIA_efficacy"), strict=True):
+    for axes, metric in zip(figure.subplots(1, 2), FORGETTING_METRICS, strict=True):
         for method, by_tag in results.items():
             rows = [by_tag[layout.sparsity_tag(s)] for s in sparsities]
             means, stds = [r[metric] for r in rows], [r[f"{metric}_std"] for r in rows]

@@ -10,9 +10,24 @@ Where it goes is configuration only:
                          folder); `s3://bucket/prefix` in production (boto3; set
                          MLFLOW_S3_ENDPOINT_URL for an S3-compatible server). With a server
                          URI and no root, the server's `--artifacts-destination` decides.
-  MLFLOW_EXPERIMENT_NAME default `unlearn`
+  MLFLOW_EXPERIMENT_NAME default `unlearn`: the experiment of a run opened without one
+                         (`start_run`, the registry called outside a flow); stages and flows
+                         go to params.yaml's `tracking.experiment` (see `run`)
 Nothing credential-like is ever logged: see `sanitize`. Print the tracking URI as
 `display_uri()`, which blanks out its password.
+
+Opening a run: `run(params, kind, name, config, **tags)`, the one entry point of every stage
+and flow (`tasks.common.tracked` is the same function, imported lazily). It yields a tracker:
+a `Tracker` (an active MLflow run) when `params.tracking.enabled`, else a `NoTracker` with the
+same methods doing nothing, so callers never branch. Runs go to experiment
+`params.tracking.experiment` and carry the tags dataset, arch and device (of `params`'s
+preset) besides those of `run_tags`. `start_run` is the low-level helper beneath it.
+
+The model registry is the exception: `tracking.enabled` governs the study's and the flows'
+runs, but registering a version needs a logged model, hence a run. So `tasks.registry` always
+records the models it registers: inside the active run where there is one (a flow's tracked
+run), else in a `register` run of its own, opened with `start_run` in the experiment its
+caller passes (the flows pass `params.tracking.experiment`), even with tracking disabled.
 """
 
 from __future__ import annotations
@@ -37,7 +52,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from tasks.params import flatten
+from tasks.common import device, preset
+from tasks.params import Params, flatten
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.splits import Manifest, Split
 from unlearn.train import History
@@ -449,6 +465,105 @@ def start_run(
         if params is not None:
             log_params(params)
         yield run
+
+
+class Tracker:
+    """The active MLflow run of one unit of work: what a stage or flow logs goes through it.
+
+    Its methods are the module's logging functions, on this run (a `TrackingError` once the
+    run has ended, rather than logging to another run).
+    """
+
+    enabled = True
+
+    def __init__(self, run: mlflow.ActiveRun):
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.info.run_id
+
+    @property
+    def experiment_id(self) -> str:
+        return self._run.info.experiment_id
+
+    def _active(self) -> None:
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self._run.info.run_id:
+            raise TrackingError(f"MLflow run {self._run.info.run_id} is not the active run: log inside its `with`")
+
+    def log_params(self, params: Any) -> dict[str, str]:
+        self._active()
+        return log_params(params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> dict[str, str]:
+        self._active()
+        return set_tags(tags)
+
+    def log_history(self, history: History, prefix: str = "") -> None:
+        self._active()
+        log_history(history, prefix)
+
+    def log_evaluation(self, metrics: Mapping[str, float], prefix: str = "", step: int = 0) -> None:
+        self._active()
+        log_evaluation(metrics, prefix, step)
+
+    def log_split(self, split: Split, name: str, source: str | Path | None = None) -> dict[str, str]:
+        self._active()
+        return log_split(split, name, source)
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> list[str]:
+        self._active()
+        return log_artifacts(paths, artifact_path)
+
+
+class NoTracker:
+    """What `run` yields with tracking disabled: `Tracker`'s methods, logging nothing."""
+
+    enabled = False
+    run_id: str | None = None
+    experiment_id: str | None = None
+
+    def log_params(self, params: Any) -> dict[str, str]:
+        return {}
+
+    def set_tags(self, tags: Mapping[str, Any]) -> dict[str, str]:
+        return {}
+
+    def log_history(self, history: History, prefix: str = "") -> None:
+        return None
+
+    def log_evaluation(self, metrics: Mapping[str, float], prefix: str = "", step: int = 0) -> None:
+        return None
+
+    def log_split(self, split: Split, name: str, source: str | Path | None = None) -> dict[str, str]:
+        return {}
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> list[str]:
+        return []
+
+
+@contextmanager
+def run(params: Params, kind: str, name: str, config: Any = None, /, **tags: Any) -> Iterator[Tracker | NoTracker]:
+    """A tracked run of `kind` around one unit of a stage's or flow's work, per `params.tracking`.
+
+    Yields a `Tracker` of a new run in experiment `params.tracking.experiment` (a child of the
+    active run, if any) when `params.tracking.enabled`, else a `NoTracker`. The run carries
+    `run_tags(kind)`, the preset's dataset and arch and the device, then `tags` (which win).
+
+    Args:
+        config: what made the run (a pydantic model, dataclass or dict), logged as its params.
+        tags: more tags; any name, `params` and `kind` included (the arguments are positional).
+    """
+    if not params.tracking.enabled:
+        yield NoTracker()
+        return
+    recipe = preset(params)
+    standard = {"dataset": recipe.dataset, "arch": recipe.arch, "device": str(device())}
+    with start_run(
+        kind, name, params=config, tags={**standard, **tags}, experiment=params.tracking.experiment
+    ) as active:
+        yield Tracker(active)
 
 
 def active_run_id() -> str:

@@ -28,12 +28,11 @@ def train_originals(params: Params, root: str = str(layout.MODELS), excluded: Se
     train_digest = Manifest.of(data.train, rows).digest()
     written = []
     for seed in params.train.seeds:
-        with tracked(params, "train", f"train-seed{seed}", recipe.train, seed=seed) as log:
+        with tracked(params, "train", f"train-seed{seed}", recipe.train, seed=seed) as tracker:
             model, rewind_state, history = train_with_rewind(recipe, data, train_set, chosen, seed)
             test_accuracy = accuracy(model, data.test, chosen)
-            if log:
-                log.log_history(history)
-                log.log_evaluation({"TA": test_accuracy})
+            tracker.log_history(history)
+            tracker.log_evaluation({"TA": test_accuracy})
         meta = dict(
             seed=seed,
             epochs=recipe.train.epochs,

@@ -26,8 +26,8 @@ from unlearn.presets import Preset, get_preset
 from unlearn.train import accuracy
 from unlearn.transfer import TransferConfig, TransferRow, source_and_target, transfer_study
 
-METRICS = layout.METRICS / "transfer.json"
-REPORT = layout.REPORTS / "transfer.md"
+METRICS = layout.TRANSFER_METRICS
+REPORT = layout.TRANSFER_REPORT
 MODE_LABELS = {"linear_probe": "linear probe", "fine_tune": "fine-tune"}
 
 
@@ -103,16 +103,14 @@ def run_transfer(params: Params) -> Path:
     source, target = tasks(params, config)
     recipe = source_recipe(params)
     tags = {"application": "transfer", "dataset": source.name, "arch": recipe.arch, "target_dataset": target.name}
-    with tracked(params, "train", "transfer-source", recipe.train, **tags) as log:
+    with tracked(params, "train", "transfer-source", recipe.train, **tags) as tracker:
         original, history = train_original(recipe, source, source.train, chosen, seed=params.transfer.seed)
         source_accuracy = accuracy(original, source.test, chosen)
-        if log:
-            log.log_history(history)
-            log.log_evaluation({"source_TA": source_accuracy})
-    with tracked(params, "evaluate", "transfer-study", params.transfer, method=config.method, **tags) as log:
+        tracker.log_history(history)
+        tracker.log_evaluation({"source_TA": source_accuracy})
+    with tracked(params, "evaluate", "transfer-study", params.transfer, method=config.method, **tags) as tracker:
         rows = [row_dict(row) for row in transfer_study(original, source, target, config, chosen)]
-        if log:
-            log.log_evaluation({f"{r['source']}.{r['mode']}.{k}": r[k] for r in rows
+        tracker.log_evaluation({f"{r['source']}.{r['mode']}.{k}": r[k] for r in rows
                                 for k in ("target_accuracy", "seconds", "unlearn_seconds")})  # fmt: skip
     result = {"source_test_accuracy": source_accuracy, "method": config.method, "source_dataset": source.name,
               "target_dataset": target.name, "rows": rows}  # fmt: skip

@@ -50,8 +50,9 @@ from tasks.report import RTE_RATIO_LIMIT
 from unlearn.data import DataBundle, TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
-from unlearn.methods import METHOD_NAMES, run_method
-from unlearn.metrics import GAP_METRICS, HEADLINE_FEATURE, Evaluation, evaluate, gap_to_retrain
+from unlearn.methods import APPROXIMATE_METHODS, METHODS, run_method
+from unlearn.methods.space import IntRange, LogUniform, Range, Uniform
+from unlearn.metrics import GAP_METRICS, HEADLINE_FEATURE, HEADLINE_METRICS, Evaluation, evaluate, gap_to_retrain
 from unlearn.splits import Split, by_ids, class_wise
 
 log = logging.getLogger(__name__)
@@ -71,48 +72,41 @@ DEFAULT_FOLDS = 3
 SIGNIFICANT_DIGITS = 3  # trial values are rounded before they run, so what is written is what ran
 
 
-def _log(low: float, high: float) -> FloatDistribution:
-    return FloatDistribution(low, high, log=True)
+def distribution(searched: Range) -> BaseDistribution:
+    """The Optuna distribution of a range a method module declares (`unlearn.methods.space`)."""
+    if isinstance(searched, LogUniform):
+        return FloatDistribution(searched.low, searched.high, log=True)
+    if isinstance(searched, Uniform):
+        return FloatDistribution(searched.low, searched.high)
+    if isinstance(searched, IntRange):
+        return IntDistribution(searched.low, searched.high)
+    raise TypeError(f"not a search range of unlearn.methods.space: {searched!r}")
 
 
-EPOCHS = IntDistribution(1, 10)  # the paper's 10 epochs at most; fewer fit a tight cost budget
-# The paper's search ranges (PAPER.md section 10): GA lr [1e-5, 1e-1], FT lr [1e-3, 1e-1], FF
-# alpha 1e-9..1e-6, IU alpha [1, 20], l1 gamma [1e-6, 1e-4] (linear decay). RL and SalUn use
-# FT's lr range; SalUn's saliency fraction rho spans the SalUn paper's values.
+def _distributions(space: Mapping[str, Range | None]) -> dict[str, BaseDistribution | None]:
+    return {name: None if searched is None else distribution(searched) for name, searched in space.items()}
+
+
+# Each method module declares its ranges beside its code, with their sources (`SPEC.search_space`:
+# the paper's, PAPER.md section 10; `SPEC.preset_search_spaces`: digits' widened or dropped ones,
+# None dropping a setting). These are their Optuna distributions, in the registry's method order.
 SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
-    "ft": {"lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
-    "ga": {"lr": _log(1e-5, 1e-1)},
-    "l1_sparse": {"gamma": _log(1e-6, 1e-4), "lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
-    "ff": {"alpha": _log(1e-9, 1e-6)},
-    "iu": {"alpha": _log(1.0, 20.0)},
-    "rl": {"lr": _log(1e-3, 1e-1), "epochs": EPOCHS},
-    "salun": {"lr": _log(1e-3, 1e-1), "rho": FloatDistribution(0.1, 0.9), "epochs": EPOCHS},
+    name: _distributions(spec.search_space) for name, spec in METHODS.items() if spec.tunable
 }
-# digits (131k parameters, 8x8 inputs) needs larger values than CIFAR's ResNet-18. Its ||theta||_1
-# is ~100x smaller, so l1 forgets from gamma ~1e-3 (measured: 5e-3): gamma's range moves up to
-# [1e-5, 3e-2] (1e-6 does nothing here). The other ranges only widen: FF forgets without the head
-# reset around 1e-6..1e-5; FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so FT,
-# RL and SalUn may go up to lr 0.2-0.5, where fine-tuning starts to overwrite what theta_o knew.
-# None drops a parameter: digits' FT and l1-sparse keep their one epoch (the paper's share of
-# Retrain's epochs, issue 3's 8% of its time; a second epoch at batch 32 doubles that).
 PRESET_SEARCH_SPACES: dict[str, dict[str, dict[str, BaseDistribution | None]]] = {
-    "digits": {
-        "ft": {"lr": _log(1e-3, 0.5), "epochs": None},
-        "l1_sparse": {"gamma": _log(1e-5, 3e-2), "lr": _log(1e-3, 0.5), "epochs": None},
-        "ff": {"alpha": _log(1e-9, 1e-5)},
-        "rl": {"lr": _log(1e-3, 0.2)},
-        "salun": {"lr": _log(1e-3, 0.2)},
-    }
-}
+    preset: {name: _distributions(spec.preset_search_spaces[preset])
+             for name, spec in METHODS.items() if spec.tunable and preset in spec.preset_search_spaces}
+    for preset in dict.fromkeys(preset for spec in METHODS.values() for preset in spec.preset_search_spaces)
+}  # fmt: skip
 
 
 def search_space(method: str, preset: str) -> dict[str, BaseDistribution]:
     """The distributions searched for `method` under `preset`: the paper's, widened or dropped where documented."""
-    if method not in SEARCH_SPACES:
+    spec = METHODS.get(method)
+    if spec is None or not spec.tunable:
         tunable = ", ".join(SEARCH_SPACES)
         raise ConfigError(f"method {method!r} has no search space; tunable methods: {tunable}")
-    space = {**SEARCH_SPACES[method], **PRESET_SEARCH_SPACES.get(preset, {}).get(method, {})}
-    return {name: distribution for name, distribution in space.items() if distribution is not None}
+    return {name: distribution(searched) for name, searched in spec.space(preset).items()}
 
 
 # --- the tuning splits ----------------------------------------------------------------------
@@ -257,7 +251,7 @@ def run_trial(
     retrains = [Evaluation.from_dict(fold_reference) for fold_reference in reference]
     gaps = [gap_to_retrain(mine, theirs) for mine, theirs in zip(evaluations, retrains, strict=True)]
     shares = [mine.rte_seconds / theirs.rte_seconds for mine, theirs in zip(evaluations, retrains, strict=True)]
-    metrics = {name: float(np.mean([e.as_dict()[name] for e in evaluations])) for name in (*GAP_METRICS, "RTE_seconds")}
+    metrics = {name: float(np.mean([e.as_dict()[name] for e in evaluations])) for name in HEADLINE_METRICS}
     return TrialResult(dict(values), metrics, float(np.mean(gaps)), float(np.mean(shares)), tuple(gaps))
 
 
@@ -514,7 +508,7 @@ def load_problem(
     """The problem the pipeline's files define: prepared data, the pruned original of the first seed."""
     from tasks.common import bundle, device, load_model
 
-    if method == "retrain" or method not in METHOD_NAMES:
+    if method not in APPROXIMATE_METHODS:
         raise ConfigError(f"cannot tune {method!r}: tunable methods are {', '.join(SEARCH_SPACES)}")
     if scenario not in params.split.scenarios:
         raise ConfigError(f"split.scenarios has no scenario {scenario!r}; known: {', '.join(params.split.scenarios)}")
@@ -561,9 +555,8 @@ def _trial_logger(params: Params, name: str) -> Callable[[FrozenTrial, TrialResu
 
     def log_trial(trial: FrozenTrial, result: TrialResult) -> None:
         tags = {"study": name, "trial": trial.number, "trial.state": trial.state.name}
-        with tracked(params, "tune", f"{name}-trial{trial.number}", result.values, **tags) as tracking:
-            if tracking:
-                tracking.log_evaluation({**result.metrics, "avg_gap": result.gap, "cost_share": result.cost_share})
+        with tracked(params, "tune", f"{name}-trial{trial.number}", result.values, **tags) as tracker:
+            tracker.log_evaluation({**result.metrics, "avg_gap": result.gap, "cost_share": result.cost_share})
 
     return log_trial
 
@@ -600,12 +593,12 @@ def tune(
     study = open_study(name, storage, seed)
     settings = {"trials": trials, "max_cost_share": max_cost_share, "folds": folds, "parallel": parallel, "seed": seed}
     tags = {"study": name, "method": method, "scenario": scenario, "sparsity": sparsity}
-    with tracked(params, "tune", f"tune-{name}", settings, **tags) as tracking:
+    with tracked(params, "tune", f"tune-{name}", settings, **tags) as tracker:
         search(study, problem, trials, max_cost_share=max_cost_share, parallel=parallel, execute=execute,
                on_trial=_trial_logger(params, name))  # fmt: skip
         best, defaults = best_trial(study), defaults_trial(study)
-        if tracking and best is not None:
-            tracking.log_evaluation({"best_gap": best.value})
+        if best is not None:
+            tracker.log_evaluation({"best_gap": best.value})
     written = None
     if best is not None and params_path is not None:
         written = str(write_tuned(params_path, method, params.data.preset, scenario, sparsity,

@@ -29,13 +29,12 @@ def unlearn(params: Params, scenario: str, method: str, sparsity: float | None =
         config = method_config(params, method, scenario=scenario, sparsity=level, seed=seed)
         name = f"{method}-{scenario}-s{level}-seed{seed}"
         tags = {"method": method, "scenario": scenario, "sparsity": level, "seed": seed}
-        with tracked(params, "unlearn", name, config, **tags) as log:
+        with tracked(params, "unlearn", name, config, **tags) as tracker:
             result = run_method(method, original, retain_set, forget_set, chosen, masks=checkpoint.masks, config=config)
-            if log:
-                log.log_split(chosen_split, scenario)
-                if result.history:
-                    log.log_history(result.history)
-                log.log_evaluation({"RTE_seconds": result.seconds})
+            tracker.log_split(chosen_split, scenario)
+            if result.history:
+                tracker.log_history(result.history)
+            tracker.log_evaluation({"RTE_seconds": result.seconds})
         meta = dict(
             seed=seed,
             scenario=scenario,

@@ -436,7 +436,7 @@ def validate_scenario(params: Params, scenario_name: str) -> ValidationReport:
     return report
 
 
-def run(scenario_name: str, params_path: str | Path = "params.yaml") -> ValidationReport:
+def run(scenario_name: str, params_path: str | Path = layout.PARAMS_FILE) -> ValidationReport:
     """The DVC stage: read params.yaml, then `validate_scenario`."""
     return validate_scenario(load_params(params_path), scenario_name)
 
@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m tasks.validate --scenario NAME`: exit 0 if the split passes, 1 if not, 2 on bad input."""
     parser = argparse.ArgumentParser(description="Validate one scenario's split manifests (Great Expectations).")
     parser.add_argument("--scenario", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default=str(layout.PARAMS_FILE))
     args = parser.parse_args(argv)
     report_path = layout.validation_report(args.scenario)
     try:

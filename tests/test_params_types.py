@@ -179,6 +179,11 @@ BAD = [
     ({"promote": {"min_mia_efficacy": "50"}}, "promote.min_mia_efficacy: Input should be a valid number, got '50'"),
     ({"promote": {"min_ua": 101}}, "promote.min_ua: Input should be less than or equal to 100"),
     ({"deletion": {"sparsity": "0.95"}}, "deletion.sparsity: Input should be a valid number, got '0.95'"),
+    # One `Sparsity` type, in [0, 1): every sparsity key says so, naming the key (and the list item)
+    ({"deletion": {"sparsity": 1.0}}, "deletion.sparsity: Input should be less than 1, got 1.0"),
+    ({"prune": {"sparsities": [0.5, 1.0]}}, "prune.sparsities.1: Input should be less than 1, got 1.0"),
+    ({"backdoor": {"sparsities": [-0.5]}}, "backdoor.sparsities.0: Input should be greater than or equal to 0"),
+    ({"prune": {"sparsities": ["0.5"]}}, "prune.sparsities.0: Input should be a valid number, got '0.5'"),
     ({"deletion": {"seed": 1.5}}, "deletion.seed: Input should be a valid integer, got 1.5"),
     ({"deletion": {"dvc_push": "yes"}}, "deletion.dvc_push: Input should be a valid boolean, got 'yes'"),
     ({"deletion": {"max_request_bytes": "1MB"}}, "deletion.max_request_bytes: Input should be a valid integer"),

@@ -112,6 +112,20 @@ def test_changing_one_methods_param_reruns_only_its_stages(study):
     assert ran == {"unlearn@class_wise-ga", "evaluate@class_wise-ga", "report"}
 
 
+def test_changing_one_methods_module_invalidates_only_its_stages(study):
+    """Code deps are each stage's imports (tests/test_dvc_graph.py): GA's module is GA's stages' alone."""
+    repo, _ = study
+    module = repo / "unlearn" / "methods" / "ga.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# changed\n")
+        changed = json.loads(run(repo, "dvc", "status", "--json").stdout)
+    finally:
+        module.write_text(original)
+    assert set(changed) == {"unlearn@class_wise-ga"}, changed
+    assert json.loads(run(repo, "dvc", "status", "--json").stdout) == {}
+
+
 def experiment(shown, name: str) -> dict:
     """The record of experiment `name` in `dvc exp show --json` output (nested lists and dicts)."""
     if isinstance(shown, dict):

@@ -373,3 +373,155 @@ def test_artefacts_go_to_s3_with_a_sqlite_store(tmp_path, monkeypatch, mlflow_te
     assert f"mlflow/unlearn/{run.info.run_id}/artifacts/checkpoints/seed0.pt" in keys
     assert not (tmp_path / "mlartifacts").exists()
     assert mlflow.get_experiment_by_name("unlearn").artifact_location == f"s3://{s3_bucket}/mlflow/unlearn"
+
+
+# --- the tracker: one entry point, per `params.tracking` -------------------------------------
+
+
+def _public(cls) -> dict[str, object]:
+    return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
+
+
+def test_a_no_tracker_has_every_public_method_of_a_tracker_with_the_same_signature():
+    import inspect
+
+    real, dummy = _public(tracking.Tracker), _public(tracking.NoTracker)
+    assert {"log_params", "set_tags", "log_history", "log_evaluation", "log_split", "log_artifacts"} <= set(real)
+    assert set(real) <= set(dummy)
+    for name, member in real.items():
+        if callable(member):
+            assert inspect.signature(member) == inspect.signature(dummy[name]), name
+    assert (tracking.Tracker.enabled, tracking.NoTracker.enabled) == (True, False)
+    assert tracking.NoTracker().run_id is None
+
+
+def _all_runs() -> list:
+    store = MlflowClient(tracking_uri=tracking.tracking_uri())
+    return store.search_runs([e.experiment_id for e in store.search_experiments()])
+
+
+def _stage_params(**tracking_group):
+    from tasks.params import parse_params
+
+    return parse_params({"train": {"seeds": [0], "epochs": 2}, "tracking": tracking_group})
+
+
+@pytest.fixture
+def stage_folder(store, digits, tmp_path, monkeypatch):
+    """A working folder with the prepared digits data the stages read, and a fresh store."""
+    from tasks import layout
+
+    monkeypatch.chdir(tmp_path)
+    digits.save(layout.RAW)
+    return tmp_path
+
+
+def test_a_stage_with_tracking_disabled_opens_no_run(stage_folder):
+    from tasks.train import train_originals
+
+    (written,) = train_originals(_stage_params(enabled=False), root=str(stage_folder / "models"))
+    assert written.exists()
+    assert _all_runs() == []
+    assert mlflow.active_run() is None
+
+
+def test_a_stage_runs_in_the_experiment_params_name_with_the_standard_tags(stage_folder):
+    from tasks.train import train_originals
+
+    train_originals(_stage_params(enabled=True, experiment="house-stages"), root=str(stage_folder / "models"))
+    (run,) = _all_runs()
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("house-stages").experiment_id
+    tags = run.data.tags
+    assert (tags[tracking.KIND_TAG], tags["dataset"], tags["arch"], tags["device"], tags["seed"]) == (
+        "train",
+        "digits",
+        "digits_resnet",
+        "cpu",
+        "0",
+    )
+    assert {"loss", "TA", "train_seconds"} <= set(run.data.metrics)
+    assert mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT) is None  # nothing in the env's default
+
+
+def test_a_tracker_refuses_to_log_once_its_run_has_ended(store):
+    with tracking.run(_stage_params(experiment="house-ended"), "evaluate", "evaluate") as tracker:
+        tracker.log_evaluation({"UA": 1.0})
+    with pytest.raises(tracking.TrackingError, match="not the active run"):
+        tracker.log_evaluation({"UA": 2.0})
+
+
+@pytest.fixture
+def deletion_flow(monkeypatch, digits):
+    """`flows.deletion_batch._unlearn_and_register` with its steps replaced by stand-ins.
+
+    Registering records which MLflow run was active: the one the registry logs the model in.
+    """
+    from types import SimpleNamespace
+
+    from flows import deletion_batch
+
+    seen = {}
+
+    def register(params, batch, ledger, split, candidate, metrics, reference, digests):
+        active = mlflow.active_run()
+        seen["active_run"] = None if active is None else active.info.run_id
+        return SimpleNamespace(version="1", name="unlearn-digits-digits_resnet")
+
+    for step, stand_in in {
+        "existing_candidate": lambda params, batch: None,
+        "unlearn_champion": lambda params, batch, ledger, split: "candidate",
+        "evaluate_candidate": lambda params, split, candidate: {"UA": 99.0, "TA": 95.0},
+        "register_candidate": register,
+    }.items():
+        monkeypatch.setattr(deletion_batch, step, stand_in)
+    batch = SimpleNamespace(batch_id="batch-house")
+    split = SimpleNamespace(split=class_wise(digits, [0]))
+
+    def unlearn_and_register(params):
+        return deletion_batch._unlearn_and_register(params, batch, None, split, {})
+
+    return unlearn_and_register, seen
+
+
+def test_the_deletion_flow_runs_in_the_experiment_params_name(store, deletion_flow):
+    unlearn_and_register, seen = deletion_flow
+    params = _stage_params(enabled=True, experiment="house-flows")
+    unlearn_and_register(params)
+    (run,) = _all_runs()
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("house-flows").experiment_id
+    assert run.info.run_name == "deletion-batch-house" and run.info.status == "FINISHED"
+    assert (run.data.tags[tracking.KIND_TAG], run.data.tags["batch_id"], run.data.tags["dataset"]) == (
+        "unlearn",
+        "batch-house",
+        "digits",
+    )
+    assert run.data.metrics["UA"] == 99.0
+    assert run.data.tags["split.forget.digest"]
+    assert seen["active_run"] == run.info.run_id  # the candidate is logged in the flow's run
+
+
+def test_the_deletion_flow_with_tracking_disabled_opens_no_run(store, deletion_flow):
+    unlearn_and_register, seen = deletion_flow
+    version, metrics = unlearn_and_register(_stage_params(enabled=False, experiment="house-flows"))
+    assert version.version == "1" and metrics["UA"] == 99.0
+    assert _all_runs() == []
+    assert seen["active_run"] is None  # the registry opens its own run (next test)
+
+
+def test_the_registry_records_what_it_registers_with_tracking_disabled(store, digits, tmp_path):
+    """Registering needs a logged model: outside a run the registry opens a `register` run of its own."""
+    from tasks import registry
+    from tasks.common import save_model
+    from unlearn.original import new_model
+    from unlearn.presets import get_preset
+
+    params = _stage_params(enabled=False, experiment="house-registry")
+    path = save_model(tmp_path / "original.pt", new_model(get_preset("digits"), digits, 0), params, digits)
+    lineage = registry.Lineage(("r1",), "batch-house", "digest", {"retain": "a", "forget": "b"}, "ft", "1")
+    version = registry.register_unlearned(
+        path, lineage, {"UA": 99.0}, alias=None, experiment=params.tracking.experiment
+    )
+    (run,) = _all_runs()
+    assert run.info.run_id == version.run_id
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("house-registry").experiment_id
+    assert (run.data.tags[tracking.KIND_TAG], run.data.tags["batch_id"]) == ("register", "batch-house")

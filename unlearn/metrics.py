@@ -27,6 +27,10 @@ MIA_FEATURES = ("correctness", "confidence", "entropy", "modified_entropy", "pro
 HEADLINE_FEATURE = "confidence"
 # The four metrics whose mean |difference| to Retrain is the paper's "Disparity Ave.".
 GAP_METRICS = ("UA", "MIA_efficacy", "RA", "TA")
+# The headline metrics, in the order every table, review and summary shows them: those four, then RTE.
+HEADLINE_METRICS = (*GAP_METRICS, "RTE_seconds")
+# How much was forgotten: what the study's plots and figures draw against sparsity.
+FORGETTING_METRICS = ("UA", "MIA_efficacy")
 # Keeps log() finite at probability 0 or 1, as the official code's 1e-30 floor does.
 EPSILON = 1e-30
 
