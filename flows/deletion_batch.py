@@ -60,9 +60,14 @@ def verify_state(params: Params):
     return deletion.verify_state(params)
 
 
+@task(name="load-data", **LOCAL)
+def load_data():
+    return deletion.load_data()
+
+
 @task(name="open-batch", **NETWORK_RETRIES)
-def open_batch(params: Params):
-    return deletion.open_batch(params)
+def open_batch(params: Params, data):
+    return deletion.open_batch(params, data)
 
 
 @task(name="record-ledger", **LOCAL)
@@ -71,8 +76,8 @@ def record(params: Params, batch):
 
 
 @task(name="write-split", **LOCAL)
-def write_split(params: Params, batch, ledger):
-    return deletion.write_split(params, batch, ledger)
+def write_split(params: Params, batch, ledger, data):
+    return deletion.write_split(params, batch, ledger, data)
 
 
 @task(name="version-split", **NETWORK_RETRIES)
@@ -182,7 +187,8 @@ def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
     with single_flight(params):
         set_aside = sweep_inbox(params)
         verify_state(params)
-        batch = open_batch(params)
+        data = load_data()
+        batch = open_batch(params, data)
         if batch is None:
             return publish({"status": "empty", **({"set_aside": set_aside} if set_aside else {})})
         if not batch.accepted:
@@ -196,7 +202,7 @@ def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
                 }
             )
         ledger = record(params, batch)
-        split = write_split(params, batch, ledger)
+        split = write_split(params, batch, ledger, data)
         digests = version_split(params, split)
         version, metrics = _unlearn_and_register(params, batch, ledger, split, digests)
         finish(params, batch)

@@ -24,15 +24,20 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from tasks import layout, registry, tracking
-from tasks.common import bundle, device, load_model, preset, save_model
+from tasks.common import bundle, device, load_model, preset
 from tasks.ledger import Ledger, batch_split, validate_batch
 from tasks.params import Params, method_config
 from tasks.requests import DeletionRequest, Inbox, InboxError, new_batch_id, open_inbox
+from tasks.steps import evaluate_split, unlearn_checkpoint
 from tasks.validate import validate_against
+from unlearn.data import DataBundle
 from unlearn.errors import UnlearnError
+from unlearn.masks import Masks
 from unlearn.methods import run_method
-from unlearn.metrics import HEADLINE_METRICS, evaluate
+from unlearn.metrics import HEADLINE_METRICS
 from unlearn.splits import Manifest, Split, resolve_ids
 from unlearn.train import accuracy
 
@@ -62,28 +67,39 @@ class Batch:
 
 @dataclass
 class BatchSplit:
-    """The split unlearning runs on, the cumulative forget set and where they are written."""
+    """The split unlearning runs on, the cumulative forget set, where they are written, and the data set.
+
+    `data` is the prepared data set, read once per batch (`load_data`) and handed on.
+    """
 
     split: Split
     cumulative: Manifest
     folder: Path
+    data: DataBundle
 
 
 @dataclass
 class Candidate:
-    """An unlearned checkpoint and the champion version it came from."""
+    """An unlearned model (in memory, and its checkpoint on disk) and the champion version it came from."""
 
     checkpoint: Path
     seconds: float
     parent_version: str
     method: str
+    model: nn.Module
+    masks: Masks
 
 
 def inbox_of(params: Params) -> Inbox:
     return open_inbox(params.deletion.inbox, max_bytes=params.deletion.max_request_bytes)
 
 
-def open_batch(params: Params) -> Batch | None:
+def load_data() -> DataBundle:
+    """The prepared data set, read once per batch and handed to every step that needs it."""
+    return bundle()
+
+
+def open_batch(params: Params, data: DataBundle) -> Batch | None:
     """Resume a claimed batch (a crashed run's), or claim every pending request as a new one.
 
     Bad requests (malformed, unknown or already-deleted sample ids, empty) are rejected
@@ -101,7 +117,7 @@ def open_batch(params: Params) -> Batch | None:
         request_ids = inbox.claim(batch_id)
     if not request_ids:
         return None
-    return screen(params, inbox, batch_id, request_ids, resumed)
+    return screen(params, inbox, batch_id, request_ids, resumed, data)
 
 
 def sweep_inbox(params: Params) -> dict[str, str]:
@@ -112,13 +128,15 @@ def sweep_inbox(params: Params) -> dict[str, str]:
     return set_aside
 
 
-def screen(params: Params, inbox: Inbox, batch_id: str, request_ids: list[str], resumed: bool) -> Batch:
+def screen(
+    params: Params, inbox: Inbox, batch_id: str, request_ids: list[str], resumed: bool, data: DataBundle
+) -> Batch:
     """Parse and check each request of the batch on its own; reject the bad ones in the inbox."""
     parsed = {request_id: read_request(inbox, batch_id, request_id) for request_id in request_ids}
     malformed = {rid: reason for rid, reason in parsed.items() if isinstance(reason, str)}
     requests = [request for request in parsed.values() if not isinstance(request, str)]
     ledger = Ledger.load(params.deletion.ledger)
-    accepted, rejected = validate_batch(requests, bundle().train.ids, ledger, batch_id=batch_id)
+    accepted, rejected = validate_batch(requests, data.train.ids, ledger, batch_id=batch_id)
     reasons = {**malformed, **rejected}
     for request_id, reason in reasons.items():
         inbox.reject(batch_id, request_id, reason)
@@ -177,9 +195,8 @@ def record(params: Params, batch: Batch) -> Ledger:
     return ledger
 
 
-def write_split(params: Params, batch: Batch, ledger: Ledger) -> BatchSplit:
+def write_split(params: Params, batch: Batch, ledger: Ledger, data: DataBundle) -> BatchSplit:
     """Manifests for the batch (retain excludes every deletion so far), checked by Great Expectations."""
-    data = bundle()
     split, cumulative = batch_split(data, ledger, batch.batch_id)
     folder = split.save(layout.batch_split_dir(batch.batch_id))
     (folder / "cumulative_forget.csv").write_text(cumulative.to_csv())
@@ -187,7 +204,7 @@ def write_split(params: Params, batch: Batch, ledger: Ledger) -> BatchSplit:
     report = validate_against(split, data, name=batch.batch_id, earlier_deletions=earlier)
     report.save(layout.batch_validation_report(batch.batch_id))
     report.raise_for_failures()
-    return BatchSplit(split, cumulative, folder)
+    return BatchSplit(split, cumulative, folder, data)
 
 
 def version_split(params: Params, batch_split_: BatchSplit) -> dict[str, str]:
@@ -240,34 +257,17 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
     """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
     champion = champion_version(params)
     model, checkpoint = load_model(registry.verify_checkpoint(champion, registry.checkpoint_path(champion)))
-    data = bundle()
+    data = split.data
     forget_ids = ledger.sample_ids_of(batches_since(ledger, forgotten_through(champion)))
     forget_set = data.train.subset(resolve_ids(data.train, forget_ids))
-    method = params.deletion.method
-    result = run_method(
-        method,
-        model,
-        split.split.retain_set(data),
-        forget_set,
-        device(),
-        masks=checkpoint.masks,
-        config=batch_method_config(params),
-    )
-    path = layout.batch_model_path(batch.batch_id)
-    save_model(
-        path,
-        result.model,
-        params,
-        data,
-        masks=checkpoint.masks,
-        batch_id=batch.batch_id,
-        method=method,
-        parent_version=str(champion.version),
-        unlearn_seconds=result.seconds,
-        split_digest=split.split.digest(),
+    method, path = params.deletion.method, layout.batch_model_path(batch.batch_id)
+    result = unlearn_checkpoint(
+        params, data, method, model, checkpoint, (split.split.retain_set(data), forget_set),
+        batch_method_config(params), path,
+        batch_id=batch.batch_id, parent_version=str(champion.version), split_digest=split.split.digest(),
         request_ids=batch.request_ids,
-    )
-    return Candidate(path, result.seconds, str(champion.version), method)
+    )  # fmt: skip
+    return Candidate(path, result.seconds, str(champion.version), method, result.model, checkpoint.masks)
 
 
 def forgotten_through(version) -> str | None:
@@ -285,30 +285,20 @@ def batches_since(ledger: Ledger, batch_id: str | None) -> list[str]:
 
 def evaluate_candidate(params: Params, split: BatchSplit, candidate: Candidate) -> dict[str, float]:
     """UA on this batch and on every deletion so far, RA, TA, MIA-efficacy, RTE."""
-    data, chosen = bundle(), device()
-    model, _ = load_model(candidate.checkpoint)
-    sets = (split.split.retain_set(data), split.split.forget_set(data), split.split.test_set(data))
-    metrics = evaluate(model, *sets, chosen, seconds=candidate.seconds).as_dict()
+    data = split.data
+    metrics = evaluate_split(candidate.model, split.split, data, candidate.seconds)
     cumulative = data.train.subset(list(split.cumulative.indices))
-    metrics["UA_cumulative"] = 100.0 - accuracy(model, cumulative, chosen)
+    metrics["UA_cumulative"] = 100.0 - accuracy(candidate.model, cumulative, device())
     return metrics
 
 
 def retrain_reference(params: Params, split: BatchSplit, candidate: Candidate) -> dict[str, float]:
     """Retrain's metrics on the same split (the gold standard), where the policy asks for it."""
-    data, chosen = bundle(), device()
-    model, checkpoint = load_model(candidate.checkpoint)
-    sets = (split.split.retain_set(data), split.split.forget_set(data), split.split.test_set(data))
-    result = run_method(
-        "retrain",
-        model,
-        sets[0],
-        sets[1],
-        chosen,
-        masks=checkpoint.masks,
-        config=method_config(params, "retrain", seed=params.deletion.seed),
-    )
-    return evaluate(result.model, *sets, chosen, seconds=result.seconds).as_dict()
+    data, parts = split.data, split.split
+    config = method_config(params, "retrain", seed=params.deletion.seed)
+    sets = (parts.retain_set(data), parts.forget_set(data))
+    result = run_method("retrain", candidate.model, *sets, device(), masks=candidate.masks, config=config)
+    return evaluate_split(result.model, parts, data, result.seconds)
 
 
 def register_candidate(

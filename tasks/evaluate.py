@@ -12,9 +12,10 @@ import statistics
 from pathlib import Path
 
 from tasks import layout
-from tasks.common import bundle, device, load_model, split, stage_main, tracked
+from tasks.common import bundle, load_model, split, stage_main, tracked
 from tasks.params import Params
-from unlearn.metrics import GAP_METRICS, HEADLINE_METRICS, evaluate
+from tasks.steps import evaluate_split
+from unlearn.metrics import GAP_METRICS, HEADLINE_METRICS
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -30,15 +31,13 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dict[str, float]]:
     """Evaluate every seed's model of `method` at every sparsity; write metrics and plot files."""
-    data, chosen, chosen_split = bundle(), device(), split(scenario)
-    sets = (chosen_split.retain_set(data), chosen_split.forget_set(data), chosen_split.test_set(data))
+    data, chosen_split = bundle(), split(scenario)
     results: dict[str, dict[str, float]] = {}
     for sparsity in params.prune.sparsities:
         runs = []
         for seed in params.train.seeds:
             model, checkpoint = load_model(layout.unlearned_path(scenario, method, sparsity, seed))
-            evaluation = evaluate(model, *sets, chosen, seconds=checkpoint.metadata["unlearn_seconds"])
-            runs.append(evaluation.as_dict())
+            runs.append(evaluate_split(model, chosen_split, data, checkpoint.metadata["unlearn_seconds"]))
         summary = {"sparsity": sparsity, **summarise(runs)}
         name = f"evaluate-{method}-{scenario}-s{sparsity}"
         with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as tracker:

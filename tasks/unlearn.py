@@ -13,15 +13,15 @@ import itertools
 from pathlib import Path
 
 from tasks import layout
-from tasks.common import bundle, device, load_model, save_model, sparsities_to_run, split, stage_main, tracked
-from tasks.params import Params, flatten, method_config
-from unlearn.methods import run_method
+from tasks.common import bundle, load_model, sparsities_to_run, split, stage_main, tracked
+from tasks.params import Params, method_config
+from tasks.steps import unlearn_checkpoint
 
 
 def unlearn(params: Params, scenario: str, method: str, sparsity: float | None = None) -> list[Path]:
     """Run `method` on each seed's original at `sparsity` (None: at each of `prune.sparsities`)."""
-    data, chosen, chosen_split = bundle(), device(), split(scenario)
-    retain_set, forget_set = chosen_split.retain_set(data), chosen_split.forget_set(data)
+    data, chosen_split = bundle(), split(scenario)
+    sets = (chosen_split.retain_set(data), chosen_split.forget_set(data))
     written = []
     for level, seed in itertools.product(sparsities_to_run(sparsity, params.prune.sparsities), params.train.seeds):
         original_path = layout.pruned_path(level, seed)
@@ -29,25 +29,18 @@ def unlearn(params: Params, scenario: str, method: str, sparsity: float | None =
         config = method_config(params, method, scenario=scenario, sparsity=level, seed=seed)
         name = f"{method}-{scenario}-s{level}-seed{seed}"
         tags = {"method": method, "scenario": scenario, "sparsity": level, "seed": seed}
+        path = layout.unlearned_path(scenario, method, level, seed)
         with tracked(params, "unlearn", name, config, **tags) as tracker:
-            result = run_method(method, original, retain_set, forget_set, chosen, masks=checkpoint.masks, config=config)
+            result = unlearn_checkpoint(
+                params, data, method, original, checkpoint, sets, config, path,
+                seed=seed, scenario=scenario, sparsity=level, parent=str(original_path),
+                split_digest=chosen_split.digest(),
+            )  # fmt: skip
             tracker.log_split(chosen_split, scenario)
             if result.history:
                 tracker.log_history(result.history)
             tracker.log_evaluation({"RTE_seconds": result.seconds})
-        meta = dict(
-            seed=seed,
-            scenario=scenario,
-            method=method,
-            sparsity=level,
-            unlearn_seconds=result.seconds,
-            parent=str(original_path),
-            split_digest=chosen_split.digest(),
-            method_config=flatten(config),
-            epochs=len(result.history.epochs) if result.history else 0,
-        )
-        path = layout.unlearned_path(scenario, method, level, seed)
-        written.append(save_model(path, result.model, params, data, masks=checkpoint.masks, **meta))
+        written.append(path)
     return written
 
 

@@ -181,10 +181,10 @@ def test_at_most_one_batch_runs_at_a_time(params_path, monkeypatch):
     spans: list[tuple[str, float]] = []
     original_open, original_finish = deletion.open_batch, deletion.finish
 
-    def open_batch(params):
+    def open_batch(params, data):
         spans.append(("start", time.monotonic()))
         time.sleep(1.0)  # widen the window in which a second run could slip in
-        return original_open(params)
+        return original_open(params, data)
 
     def finish(params, batch):
         original_finish(params, batch)
