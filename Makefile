@@ -18,7 +18,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint benchmark clean
+.PHONY: help install run test test-unit lint benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,8 +35,11 @@ run: $(INSTALLED) ## the paper's study (`dvc repro`, its tables), then one delet
 	$(BIN)/unlearn report
 	$(BIN)/unlearn --no-verbose demo
 
-test: $(INSTALLED) ## run the whole test suite, slow end-to-end tests included, on two workers
+test: $(INSTALLED) ## run the whole test suite (unit, behaviour, pipeline tiers), on two workers
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test-unit: $(INSTALLED) ## the unit tier alone (tests/unit: code, data and config checks; no servers)
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
 
 lint: $(INSTALLED) ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tasks.layout import PARAMS_FILE
+from tasks.adapters.layout import PARAMS_FILE
 
 app = typer.Typer(
     help="Prune first, then unlearn: make image classifiers forget on request.",
@@ -29,7 +29,8 @@ def main(verbose: Annotated[bool, typer.Option(help="Print progress lines (one p
 
 def _model_and_gates(model: str | None, params: Path):
     """The registered model (default: params.yaml's preset) and the promotion gates of params.yaml."""
-    from tasks.registry import default_model_name, load_gates
+    from tasks.adapters.registry import default_model_name
+    from tasks.production.promotion import load_gates
 
     return model or default_model_name(params), load_gates(params)
 
@@ -52,7 +53,7 @@ def review(
     params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Show a version against the champion (and Retrain) on UA, MIA-efficacy, RA, TA, RTE, with the gates."""
-    from tasks.registry import review as review_version
+    from tasks.production.promotion import review as review_version
     from unlearn.errors import UnlearnError
 
     try:
@@ -72,7 +73,7 @@ def promote(
     params: ParamsOption = PARAMS_FILE,
 ) -> None:
     """Move the `champion` alias to a version that passes the gates; record reviewer, time and reason."""
-    from tasks.registry import promote as promote_version
+    from tasks.production.promotion import promote as promote_version
     from unlearn.errors import UnlearnError
 
     try:
@@ -92,8 +93,8 @@ def promote(
 @app.command()
 def history(model: ModelOption = None, params: ParamsOption = PARAMS_FILE) -> None:
     """List the champion's lineage, newest first, with the deletion requests each version forgot."""
-    from tasks.registry import history as lineage
-    from tasks.registry import render_history
+    from tasks.adapters.registry import history as lineage
+    from tasks.adapters.registry import render_history
     from unlearn.errors import UnlearnError
 
     try:
@@ -114,8 +115,8 @@ def study(
 ) -> None:
     """Run the paper's study as a Prefect flow (the same stages as `dvc repro`) and print its tables."""
     from flows.study import run_study
-    from tasks.params import load_params
-    from tasks.report import report_tables
+    from tasks.adapters.params import load_params
+    from tasks.stages.findings import report_tables
 
     run_study(str(params), task_runner=task_runner, address=address)
     typer.echo(report_tables(load_params(params)))
@@ -124,8 +125,8 @@ def study(
 @app.command()
 def report(params: StudyParams = PARAMS_FILE) -> None:
     """Print the study's tables (the paper's Table 3 layout) and the findings checked on this run."""
-    from tasks.params import load_params
-    from tasks.report import report_tables
+    from tasks.adapters.params import load_params
+    from tasks.stages.findings import report_tables
 
     typer.echo(report_tables(load_params(params)))
 
@@ -146,7 +147,7 @@ def train_original(params: StudyParams = PARAMS_FILE) -> None:
 def batch(params: StudyParams = PARAMS_FILE) -> None:
     """Run one deletion batch now, outside any schedule, and print what it registered."""
     from flows.deletion_batch import deletion_batch
-    from tasks.deletion import BATCH_METRICS
+    from tasks.production.deletion import BATCH_METRICS
 
     summary = deletion_batch(str(params))
     typer.echo(f"deletion batch: {summary['status']}")
@@ -171,12 +172,12 @@ def serve(params: StudyParams = PARAMS_FILE) -> None:
 @app.command()
 def demo(params: StudyParams = PARAMS_FILE) -> None:
     """The production path on the embedded default: champion, three requests (one bad), a batch, review."""
-    from tasks import registry
-    from tasks.common import bundle
-    from tasks.deletion import model_name
-    from tasks.ledger import Ledger
-    from tasks.params import load_params
-    from tasks.requests import submit_request
+    from tasks.adapters import registry
+    from tasks.adapters.ledger import Ledger
+    from tasks.adapters.params import load_params
+    from tasks.adapters.requests import submit_request
+    from tasks.adapters.workspace import bundle
+    from tasks.production.deletion import model_name
 
     settings = load_params(params)
     name = model_name(settings)
@@ -211,9 +212,9 @@ def cleanse(
 ) -> None:
     """Run the Trojan-model cleanse (PAPER.md 7.1) as a Prefect flow; print ASR and SA before and after."""
     from flows.backdoor_cleanse import backdoor_cleanse
-    from tasks.backdoor import load_rows
-    from tasks.params import load_params
-    from tasks.report import label, sparsity_label
+    from tasks.adapters.params import load_params
+    from tasks.stages.backdoor import load_rows
+    from tasks.stages.findings import label, sparsity_label
     from unlearn.errors import UnlearnError
 
     try:
@@ -262,7 +263,7 @@ InboxOption = Annotated[
 
 
 def _inbox_uri(inbox: str | None, params: Path) -> str:
-    from tasks.params import load_params
+    from tasks.adapters.params import load_params
 
     return inbox or load_params(params).deletion.inbox
 
@@ -278,7 +279,7 @@ def request_submit(
     params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Write a deletion request to the inbox (it waits as pending for the next batch)."""
-    from tasks.requests import submit_request
+    from tasks.adapters.requests import submit_request
     from unlearn.errors import UnlearnError
 
     try:
@@ -302,7 +303,7 @@ def request_status(
     params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Where a request is: pending, claimed/<batch>, done/<batch> or rejected (with the reason)."""
-    from tasks.requests import open_inbox
+    from tasks.adapters.requests import open_inbox
     from unlearn.errors import UnlearnError
 
     try:
@@ -319,9 +320,9 @@ def request_status(
 
 
 def _operator_lock(params: Path):
-    """The batch lock (`tasks.batch_lock`), so an operator's change never races a running batch."""
-    from tasks.batch_lock import batch_lock
-    from tasks.params import load_params
+    """The batch lock (`tasks.adapters.batch_lock`), so an operator's change never races a running batch."""
+    from tasks.adapters.batch_lock import batch_lock
+    from tasks.adapters.params import load_params
 
     settings = load_params(params).deletion
     return batch_lock(settings.ledger, min(30.0, settings.lock_timeout_seconds), purpose="operator command")
@@ -329,8 +330,8 @@ def _operator_lock(params: Path):
 
 def _ledger_refusal(batch_id: str | None, params: Path) -> str | None:
     """Why the operator may not change `batch_id`: the ledger records it already; None if it does not."""
-    from tasks.ledger import Ledger
-    from tasks.params import load_params
+    from tasks.adapters.ledger import Ledger
+    from tasks.adapters.params import load_params
 
     if batch_id is None:
         return None
@@ -354,7 +355,7 @@ def request_reject(
     params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Reject a stuck request, or every request a stuck batch still claims (refused once the ledger has the batch)."""
-    from tasks.requests import CLAIMED, InboxError, open_inbox
+    from tasks.adapters.requests import CLAIMED, InboxError, open_inbox
     from unlearn.errors import UnlearnError
 
     if (request_id is None) == (batch is None):
@@ -388,7 +389,7 @@ def request_release(
     params: StudyParams = PARAMS_FILE,
 ) -> None:
     """Put every request a stuck batch still claims back in pending (refused once the ledger records the batch)."""
-    from tasks.requests import InboxError, open_inbox
+    from tasks.adapters.requests import InboxError, open_inbox
     from unlearn.errors import UnlearnError
 
     try:
@@ -425,7 +426,7 @@ def tune(
 ) -> None:
     """Search a method's hyperparameters (Optuna) for the least gap to Retrain; write the best values."""
     from flows.tune import run_tune
-    from tasks.tune import comparison_table
+    from tasks.production.tune import comparison_table
     from unlearn.errors import UnlearnError
 
     try:

@@ -30,7 +30,7 @@ import torch
 import yaml
 from machine import describe
 
-from tasks.layout import PARAMS_FILE
+from tasks.adapters.layout import PARAMS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def task_runs(flow_run_id) -> list:
 def one_batch(run: int) -> BatchTiming:
     """Submit one request, run one batch, and time it."""
     from flows.deletion_batch import deletion_batch
-    from tasks.requests import submit_request
+    from tasks.adapters.requests import submit_request
 
     ids = [f"digits/train/{100 + 3 * run + k:05d}" for k in range(3)]
     submitted, started = datetime.now(UTC), time.perf_counter()

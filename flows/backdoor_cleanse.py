@@ -24,8 +24,8 @@ from prefect.runtime import flow_run
 
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import default_gpu_slots, ensure_gpu_limit, raise_first_failure
-from tasks import backdoor
-from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.adapters.params import PARAMS_FILE, Params, load_params
+from tasks.stages import backdoor
 from unlearn.splits import Manifest
 
 REPORT_ARTIFACT = "backdoor-report"
@@ -63,7 +63,7 @@ def split_digests(params: Params) -> dict[str, str]:
 @task(name="backdoor_register", task_run_name="backdoor-register", **_STAGE)
 def register_cleanse(params: Params, batch_id: str) -> dict[str, Any]:
     """Register the Trojan model and its best cleanse (lineage, attack metrics); keep `candidate` as it was."""
-    from tasks import registry, tracking
+    from tasks.adapters import registry, tracking
 
     method, sparsity = best_cleanse(params)
     row = json.loads(backdoor.metrics_path(method, sparsity).read_text())

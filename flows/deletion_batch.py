@@ -5,12 +5,12 @@ the split -> version it with DVC -> unlearn the champion -> evaluate -> register
 candidate -> move the requests to done.
 
 Never lose a request, never process one twice: every step is idempotent (see
-`tasks.deletion`), requests stay claimed until the last step, and the next run resumes a
+`tasks.production.deletion`), requests stay claimed until the last step, and the next run resumes a
 claimed batch first. Registration is keyed by the batch id, so a rerun after a crash
 between registering and finishing does not register twice. At most one run works at a
 time, and a run that dies (SIGKILL included) never blocks the next: see `single_flight`.
 Before anything is claimed the pending entries that are no request are set aside, and the
-ledger is checked against its chain and the registry (`tasks.deletion.verify_state`).
+ledger is checked against its chain and the registry (`tasks.production.deletion.verify_state`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks import deletion, tracking
-from tasks.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.requests import InboxError
+from tasks.adapters import tracking
+from tasks.adapters.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
+from tasks.adapters.params import PARAMS_FILE, Params, load_params
+from tasks.adapters.requests import InboxError
+from tasks.production import deletion
 from unlearn.errors import UnlearnError
 
 SINGLE_FLIGHT = "deletion-batch"
@@ -127,7 +128,7 @@ def ensure_single_flight() -> None:
 def single_flight(params: Params) -> Iterator[None]:
     """Hold the one batch slot: the ledger's kernel lock, and with a Prefect server its leased limit.
 
-    Each wait is bounded by `deletion.lock_timeout_seconds`; see `tasks.batch_lock` for why a
+    Each wait is bounded by `deletion.lock_timeout_seconds`; see `tasks.adapters.batch_lock` for why a
     killed run frees both (the kernel at once, the server's lease after `deletion.lease_seconds`).
     """
     settings = params.deletion

@@ -6,7 +6,7 @@ from prefect import serve
 from prefect.flows import EntrypointType
 
 from flows.deletion_batch import deletion_batch
-from tasks.params import PARAMS_FILE, load_params
+from tasks.adapters.params import PARAMS_FILE, load_params
 
 DEPLOYMENT = "deletion-batch"
 

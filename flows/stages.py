@@ -14,14 +14,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluate import evaluate_method
-from tasks.prepare import prepare
-from tasks.prune import prune_originals
-from tasks.report import build_report
-from tasks.split import make_split
-from tasks.train import train_originals
-from tasks.unlearn import unlearn
-from tasks.validate import validate_scenario
+from tasks.stages.evaluate import evaluate_method
+from tasks.stages.prepare import prepare
+from tasks.stages.prune import prune_originals
+from tasks.stages.report import build_report
+from tasks.stages.split import make_split
+from tasks.stages.train import train_originals
+from tasks.stages.unlearn import unlearn
+from tasks.stages.validate import validate_scenario
 
 GPU_TAG = "gpu"
 _STAGE = {"cache_policy": NO_CACHE, "retries": 0}

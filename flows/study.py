@@ -36,9 +36,9 @@ from flows.stages import (
     unlearn_task,
     validate_task,
 )
-from tasks import layout
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.report import report_tables, study_methods
+from tasks.adapters import layout
+from tasks.adapters.params import PARAMS_FILE, Params, load_params
+from tasks.stages.findings import report_tables, study_methods
 from unlearn.errors import ConfigError
 
 RunnerName = Literal["threads", "dask"]

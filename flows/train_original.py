@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.stages import prepare_task, prune_task, train_task
-from tasks import deletion, layout, registry, tracking
-from tasks.common import load_model
-from tasks.ledger import Ledger
-from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.adapters import layout, registry, tracking
+from tasks.adapters.ledger import Ledger
+from tasks.adapters.params import PARAMS_FILE, Params, load_params
+from tasks.adapters.workspace import load_model
+from tasks.production import deletion
 
 
 def champion_params(params: Params) -> Params:

@@ -2,7 +2,7 @@
 
     prepare -> transfer     (metrics/transfer.json, reports/transfer.md, and a markdown artifact)
 
-The transfer task runs the very function `dvc repro transfer` runs (tasks/transfer.py).
+The transfer task runs the very function `dvc repro transfer` runs (tasks/stages/transfer.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect.runtime import flow_run
 
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import raise_first_failure
-from tasks import transfer as transfer_stage
-from tasks.params import PARAMS_FILE, load_params
+from tasks.adapters.params import PARAMS_FILE, load_params
+from tasks.stages import transfer as transfer_stage
 
 REPORT_ARTIFACT = "transfer-report"
 

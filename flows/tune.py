@@ -2,7 +2,7 @@
 
 Optuna's ask/tell interface drives it: ask `parallel` trials, submit one `tune-trial` task per
 trial, wait, tell their results, repeat until the study holds `trials` finished trials
-(`tasks.tune.search`). Retrain's reference is one `tune-reference` task, run once per study.
+(`tasks.production.tune.search`). Retrain's reference is one `tune-reference` task, run once per study.
 
 Trials are judged on wall time against Retrain's, so both should run under the same
 concurrency. `threads` runs tasks in this process, where parallel trials would share torch's
@@ -24,15 +24,8 @@ from prefect.context import FlowRunContext
 from prefect.futures import wait
 
 from flows.study import LOCAL_CLUSTER, RunnerName, make_task_runner
-from tasks.params import PARAMS_FILE, load_params
-from tasks.tune import (
-    DEFAULT_FOLDS,
-    DEFAULT_STORAGE,
-    comparison_table,
-    retrain_reference,
-    run_trial,
-    tune,
-)
+from tasks.adapters.params import PARAMS_FILE, load_params
+from tasks.production.tune import DEFAULT_FOLDS, DEFAULT_STORAGE, comparison_table, retrain_reference, run_trial, tune
 
 TUNE_ARTIFACT = "tune-report"
 _TASK = {"cache_policy": NO_CACHE, "retries": 0}  # a trial's failure is not transient
@@ -70,7 +63,7 @@ def tune_flow(
     task_runner: RunnerName = "threads",
     dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Search (or resume) `method`'s hyperparameters for `scenario` at `sparsity` (`tasks.tune.tune`).
+    """Search (or resume) `method`'s hyperparameters for `scenario` at `sparsity` (`tasks.production.tune.tune`).
 
     Args:
         trials: the total number of finished trials the study should hold (the defaults trial included).

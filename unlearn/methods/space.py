@@ -2,7 +2,7 @@
 
 A method's `SPEC` (`unlearn.methods.spec.MethodSpec`) holds its search space, `{setting: range}`,
 and per preset the ranges that differ (`None` drops a setting from that preset's search).
-`tasks/tune.py` turns each range into an Optuna distribution (`tasks.tune.distribution`); the
+`tasks/production/tune.py` turns each range into an Optuna distribution (`tasks.production.tune.distribution`); the
 core never imports Optuna. The order of a space's settings is the order Optuna samples them in,
 and a seeded TPE sampler's draws depend on it: reordering a space changes what a search finds.
 

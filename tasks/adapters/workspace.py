@@ -1,0 +1,66 @@
+"""The project folder as stages and services see it: the prepared data, splits, checkpoints, the device."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import torch
+
+from tasks.adapters import layout
+from tasks.adapters.params import Params
+from unlearn.checkpoint import Checkpoint, load_checkpoint, model_metadata, restore_model, save_checkpoint
+from unlearn.data import DataBundle
+from unlearn.device import pick_device
+from unlearn.presets import Preset, get_preset
+from unlearn.splits import Split, resolve_ids
+
+
+def device() -> torch.device:
+    """The device stages run on: `UNLEARN_DEVICE` (auto, cpu, cuda[:N]) or auto."""
+    return pick_device(os.environ.get("UNLEARN_DEVICE", "auto"))
+
+
+def preset(params: Params) -> Preset:
+    return get_preset(params.data.preset)
+
+
+def bundle() -> DataBundle:
+    """The prepared data set (the prepare stage writes it once; every stage reuses its split)."""
+    return DataBundle.load(layout.RAW)
+
+
+def split(scenario: str) -> Split:
+    return Split.load(layout.split_dir(scenario))
+
+
+def training_rows(data: DataBundle, excluded: Sequence[str] = ()) -> list[int]:
+    """The rows of the training set an original trains on: all of them but the `excluded` sample ids."""
+    left_out = set(resolve_ids(data.train, excluded))
+    return [row for row in range(len(data.train)) if row not in left_out]
+
+
+def save_model(path, model: torch.nn.Module, params: Params, data: DataBundle, masks=None, **metadata):
+    """Checkpoint `model` with the metadata every stage records (arch, data set, preset)."""
+    recipe = preset(params)
+    base = model_metadata(recipe.arch, data, model_options=recipe.model_options, preset=recipe.name)
+    return save_checkpoint(path, model, {**base, **metadata}, masks)
+
+
+def load_model(path, **expect) -> tuple[torch.nn.Module, Checkpoint]:
+    """The model a checkpoint holds, and the checkpoint (masks, metadata)."""
+    checkpoint = load_checkpoint(path, expect=expect or None)
+    return restore_model(checkpoint), checkpoint
+
+
+def tracked(params: Params, kind: str, name: str, config=None, /, **tags) -> AbstractContextManager:
+    """`tasks.adapters.tracking.run`: a run around one unit of a stage's work, yielding a tracker.
+
+    The same entry point, imported on first use, so importing a stage does not import MLflow
+    (~2 s). The tracker is a `Tracker`, or a `NoTracker` when `params.tracking.enabled` is false:
+    log through it unconditionally.
+    """
+    from tasks.adapters import tracking
+
+    return tracking.run(params, kind, name, config, **tags)

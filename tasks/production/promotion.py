@@ -1,0 +1,263 @@
+"""Review and promotion: a version against the champion and the gates, and the one way the champion moves.
+
+Policy over the registry: the gates are `tasks.production.gates` (pure rules), the registry
+(`tasks.adapters.registry`) stores versions, tags and aliases; this module decides. A
+promotion needs a reviewer; a version that fails a gate, is older than the candidate, or
+does not descend from the champion is promoted only with `force` and a reason, and the
+record says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from tasks.adapters import tracking
+from tasks.adapters.params import PARAMS_FILE, GateParams, load_params
+from tasks.adapters.registry import (
+    BATCH_TAG,
+    CANDIDATE,
+    CHAMPION,
+    METHOD_TAG,
+    PARENT_TAG,
+    PROMOTION_PREFIX,
+    REQUEST_COUNT_TAG,
+    REQUEST_IDS_TAG,
+    RETRAIN_PREFIX,
+    RETRAIN_VERSION_TAG,
+    SPARSITY_TAG,
+    PromotionError,
+    VersionNotFoundError,
+    get_version,
+    record_promotion,
+    tag_metrics,
+    version_by_alias,
+)
+from tasks.production.gates import GateResult, check_gates
+from unlearn.metrics import HEADLINE_METRICS
+
+log = logging.getLogger(__name__)
+
+
+class GateFailedError(PromotionError):
+    """A candidate that fails promotion gates; `failed` names them."""
+
+    def __init__(self, message: str, failed: Sequence[GateResult]) -> None:
+        super().__init__(message)
+        self.failed = tuple(failed)
+
+
+def load_gates(params_path: str | Path = PARAMS_FILE) -> GateParams:
+    """The promotion gates of params.yaml (`promote:`), or the defaults where there is no file."""
+    return load_params(params_path).promote if Path(params_path).is_file() else GateParams()
+
+
+@dataclass(frozen=True)
+class Review:
+    """A version against the champion (and a retrained reference) with its gate results."""
+
+    model: str
+    version: str
+    champion: str | None
+    metrics: dict[str, dict[str, float | None]]  # metric -> {"version", "champion", "retrain"}
+    gates: tuple[GateResult, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    @property
+    def failed(self) -> tuple[GateResult, ...]:
+        return tuple(gate for gate in self.gates if not gate.passed)
+
+    def render(self) -> str:
+        """A plain-text table for the terminal."""
+
+        def cell(value: float | None) -> str:
+            return f"{value:>10.2f}" if value is not None else f"{'-':>10}"
+
+        champion = f"v{self.champion}" if self.champion else "none"
+        requests = self.tags.get(REQUEST_IDS_TAG, "-").replace(",", ", ")
+        lines = [
+            f"{self.model}: version {self.version} vs champion {champion}",
+            f"  method {self.tags.get(METHOD_TAG, '-')}, sparsity {self.tags.get(SPARSITY_TAG, '-')}, "
+            f"parent v{self.tags.get(PARENT_TAG, '-')}, batch {self.tags.get(BATCH_TAG, '-')}",
+            f"  requests ({self.tags.get(REQUEST_COUNT_TAG, '0')}): {requests}",
+            f"  {'metric':<13}{'v' + self.version:>10}{'champion':>10}{'retrain':>10}",
+        ]
+        lines += [
+            f"  {name:<13}{cell(row['version'])}{cell(row['champion'])}{cell(row['retrain'])}"
+            for name, row in self.metrics.items()
+        ]
+        lines.append("  gates:")
+        lines += [f"    {gate.line()}" for gate in self.gates]
+        lines.append(f"  verdict: {'promotable' if self.passed else 'NOT promotable'}")
+        return "\n".join(lines)
+
+
+def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, float]:
+    """The retrained reference: `retrain.*` tags, else the `metrics.*` of `retrain_version`."""
+    reference = tag_metrics(version.tags, RETRAIN_PREFIX)
+    if reference or RETRAIN_VERSION_TAG not in version.tags:
+        return reference
+    return tag_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store).tags)
+
+
+def review(
+    version: str | int | None = None,
+    *,
+    name: str,
+    gates: GateParams | None = None,
+    store: MlflowClient | None = None,
+) -> Review:
+    """Compare `version` (default: the candidate) with the champion and check the gates."""
+    store = store or tracking.client()
+    if version is None:
+        candidate = version_by_alias(name, CANDIDATE, store)
+        if candidate is None:
+            raise VersionNotFoundError(
+                f"{name} has no {CANDIDATE!r} version: register an unlearned model first, or name one with --version"
+            )
+    else:
+        candidate = get_version(name, version, store)
+    champion = version_by_alias(name, CHAMPION, store)
+    ours, theirs = tag_metrics(candidate.tags), tag_metrics(champion.tags) if champion else None
+    retrain = _retrain_metrics(candidate, store)
+    table = {
+        metric: {
+            "version": ours.get(metric),
+            "champion": (theirs or {}).get(metric),
+            "retrain": retrain.get(metric),
+        }
+        for metric in HEADLINE_METRICS
+    }
+    results = check_gates(ours, theirs, gates or load_gates())
+    return Review(
+        name,
+        str(candidate.version),
+        str(champion.version) if champion else None,
+        table,
+        results,
+        dict(candidate.tags),
+    )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A completed promotion, as recorded on the version."""
+
+    model: str
+    version: str
+    previous: str | None
+    reviewer: str
+    time: str
+    reason: str
+    forced: bool
+    gates: tuple[GateResult, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def _promotion_tags(promotion: Promotion) -> dict[str, str]:
+    gates = {g.name: {"passed": g.passed, "value": g.value, "threshold": g.threshold} for g in promotion.gates}
+    warnings = {f"{PROMOTION_PREFIX}warnings": " | ".join(promotion.warnings)} if promotion.warnings else {}
+    return {
+        **warnings,
+        f"{PROMOTION_PREFIX}reviewer": promotion.reviewer,
+        f"{PROMOTION_PREFIX}time": promotion.time,
+        f"{PROMOTION_PREFIX}reason": promotion.reason,
+        f"{PROMOTION_PREFIX}forced": str(promotion.forced).lower(),
+        f"{PROMOTION_PREFIX}gates": json.dumps(gates, sort_keys=True),
+        f"{PROMOTION_PREFIX}previous_champion": promotion.previous or "",
+    }
+
+
+def promote(
+    version: str | int,
+    reviewer: str,
+    reason: str | None = None,
+    force: bool = False,
+    *,
+    name: str,
+    gates: GateParams | None = None,
+    store: MlflowClient | None = None,
+) -> Promotion:
+    """Make `version` the champion if it passes the gates (or `force` with a reason); record who and why."""
+    store = store or tracking.client()
+    if not reviewer.strip():
+        raise PromotionError("a promotion needs a reviewer: pass --reviewer NAME")
+    if force and not (reason or "").strip():
+        raise PromotionError("a forced promotion needs a reason: pass --reason TEXT with --force")
+    result = review(version, name=name, gates=gates, store=store)
+    if result.champion == result.version:
+        raise PromotionError(f"{name} version {result.version} is already the champion")
+    if result.failed and not force:
+        names = ", ".join(gate.name for gate in result.failed)
+        details = "; ".join(gate.line() for gate in result.failed)
+        raise GateFailedError(
+            f"{name} version {result.version} fails gates {names}: {details}. "
+            "Fix the model, or pass --force with --reason to override.",
+            result.failed,
+        )
+    warnings = lineage_warnings(name, result.version, result.champion, store)
+    if warnings and not force:
+        raise PromotionError(
+            f"{name} version {result.version}: {'; '.join(warnings)}. Promote the candidate made from the "
+            "champion, or pass --force with --reason to promote this one anyway (recorded as forced)."
+        )
+    for warning in warnings:
+        log.warning("%s: forced promotion of v%s: %s", name, result.version, warning)
+    promotion = Promotion(
+        name,
+        result.version,
+        result.champion,
+        reviewer.strip(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        (reason or "").strip(),
+        force,
+        result.gates,
+        tuple(warnings),
+    )
+    record_promotion(promotion.model, promotion.version, _promotion_tags(promotion), store)
+    log.info(
+        "%s: champion v%s -> v%s by %s%s",
+        name,
+        promotion.previous,
+        promotion.version,
+        promotion.reviewer,
+        " (forced)" if force else "",
+    )
+    return promotion
+
+
+def ancestors(name: str, version: str, store: MlflowClient | None = None) -> list[str]:
+    """`version` and the versions it was made from (its `parent_version` chain), newest first."""
+    store = store or tracking.client()
+    chain: list[str] = []
+    current: str | None = str(version)
+    while current and current not in chain:
+        chain.append(current)
+        current = get_version(name, current, store).tags.get(PARENT_TAG)
+    return chain
+
+
+def lineage_warnings(name: str, version: str, champion: str | None, store: MlflowClient | None = None) -> list[str]:
+    """Why promoting `version` could undo deletions: older than the candidate, or not made from the champion."""
+    store = store or tracking.client()
+    warnings = []
+    candidate = version_by_alias(name, CANDIDATE, store)
+    if candidate is not None and int(version) < int(candidate.version):
+        warnings.append(f"v{version} is older than the candidate v{candidate.version}")
+    if champion is not None and champion not in ancestors(name, version, store):
+        warnings.append(
+            f"v{version} is not descended from the champion v{champion}, so it may not have forgotten "
+            "what the champion forgot"
+        )
+    return warnings

@@ -1,0 +1,66 @@
+"""Stage `evaluate`: UA, MIA-efficacy, RA, TA, RTE of one method in one scenario, per sparsity.
+
+Writes a DVC metrics file (mean and std over seeds per sparsity) and a DVC plot file
+(UA and MIA-efficacy against sparsity).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from tasks.adapters import layout
+from tasks.adapters.params import Params
+from tasks.adapters.workspace import bundle, load_model, split, tracked
+from tasks.stages.entry import stage_main
+from tasks.stages.steps import evaluate_split
+from unlearn.metrics import GAP_METRICS, HEADLINE_METRICS
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and (sample) std over seeds of each headline metric."""
+    summary: dict[str, float] = {"seeds": len(runs)}
+    for name in HEADLINE_METRICS:
+        values = [run[name] for run in runs]
+        summary[name] = statistics.fmean(values)
+        summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary["sparsity_percent"] = statistics.fmean(run["sparsity_percent"] for run in runs)
+    return summary
+
+
+def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dict[str, float]]:
+    """Evaluate every seed's model of `method` at every sparsity; write metrics and plot files."""
+    data, chosen_split = bundle(), split(scenario)
+    results: dict[str, dict[str, float]] = {}
+    for sparsity in params.prune.sparsities:
+        runs = []
+        for seed in params.train.seeds:
+            model, checkpoint = load_model(layout.unlearned_path(scenario, method, sparsity, seed))
+            runs.append(evaluate_split(model, chosen_split, data, checkpoint.metadata["unlearn_seconds"]))
+        summary = {"sparsity": sparsity, **summarise(runs)}
+        name = f"evaluate-{method}-{scenario}-s{sparsity}"
+        with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as tracker:
+            tracker.log_evaluation(summary)
+        results[layout.sparsity_tag(sparsity)] = summary
+    write_results(scenario, method, results)
+    return results
+
+
+def write_results(scenario: str, method: str, results: dict[str, dict[str, float]]) -> Path:
+    """The metrics JSON and the by-sparsity CSV of one method in one scenario."""
+    path = layout.metrics_path(scenario, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    layout.plot_path(scenario, method).parent.mkdir(parents=True, exist_ok=True)
+    with layout.plot_path(scenario, method).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sparsity", *GAP_METRICS])
+        for row in results.values():
+            writer.writerow([row["sparsity"], *(round(row[k], 4) for k in GAP_METRICS)])
+    return path
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, evaluate_method, ("scenario", str), ("method", str))

@@ -1,0 +1,227 @@
+"""The report stage: Table 3 cells, the paper's findings checked, figures, clear errors.
+
+Synthetic metrics files whose gaps are known by hand (two scenarios, dense and 95% sparse):
+
+class_wise, dense: Retrain 100/100/100/95, RTE 40; FT 20/76/99.8/94.2 -> gaps 80/24/0.2/0.8, avg 26.25;
+    l1 100/100/98/93 -> avg 1.00; GA 93/94/92/87 -> avg 7.25.
+class_wise, 95%: Retrain 100/100/99/92; FT 70/82/99/90 -> gaps 30/18/0/2, avg 12.50 (< 26.25: (a) holds).
+random, dense: Retrain 5/13/100/94, RTE 40; FT 7/15/97/90 -> avg 2.75; l1 1/11/96/91 -> avg 3.25 (> FT: (b)
+    does not hold); random, 95%: Retrain 7/14/100/93, RTE 20; FT 10/20/95/90 -> avg 4.25 (>= 2.75: (a) does
+    not hold) at RTE 8 = 0.40 x Retrain's ((c) does not hold; class_wise's largest ratio is 2.4/40 = 0.06).
+"""
+
+import json
+
+import pytest
+import yaml
+
+from tasks.adapters import layout
+from tasks.adapters.params import parse_params
+from tasks.stages.entry import stage_main
+from tasks.stages.findings import RTE_RATIO_LIMIT, report_tables
+from tasks.stages.report import build_report
+from unlearn.errors import ConfigError
+
+STD = 0.5
+# scenario -> method -> sparsity -> (UA, MIA-efficacy, RA, TA, RTE seconds)
+RESULTS = {
+    "class_wise": {
+        "retrain": {0.0: (100, 100, 100, 95, 40), 0.95: (100, 100, 99, 92, 40)},
+        "ft": {0.0: (20, 76, 99.8, 94.2, 2), 0.95: (70, 82, 99, 90, 1.2)},
+        "l1_sparse": {0.0: (100, 100, 98, 93, 2.4), 0.95: (100, 100, 99, 92, 1.6)},
+        "ga": {0.0: (93, 94, 92, 87, 0.4), 0.95: (98, 98, 88, 83, 0.4)},
+        "salun": {0.0: (100, 100, 99.5, 94.5, 2.8), 0.95: (100, 100, 99, 92, 2.8)},
+    },
+    "random": {
+        "retrain": {0.0: (5, 13, 100, 94, 40), 0.95: (7, 14, 100, 93, 20)},
+        "ft": {0.0: (7, 15, 97, 90, 4), 0.95: (10, 20, 95, 90, 8)},
+        "l1_sparse": {0.0: (1, 11, 96, 91, 2), 0.95: (7, 14, 99, 92, 1)},
+        "ga": {0.0: (8, 10, 93, 89, 0.4), 0.95: (6, 12, 95, 89, 0.4)},
+        "salun": {0.0: (5, 13, 99, 93, 2), 0.95: (7, 14, 99, 92, 1)},
+    },
+}
+SCENARIOS = {"class_wise": {"kind": "class_wise", "classes": [0]}, "random": {"kind": "random", "seed": 1}}
+
+
+def summary(sparsity: float, values: tuple[float, ...]) -> dict[str, float]:
+    """One sparsity's entry as tasks/stages/evaluate.py writes it (3 seeds, every std 0.5)."""
+    names = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
+    row = {"sparsity": sparsity, "seeds": 3, "sparsity_percent": 100 * sparsity}
+    for name, value in zip(names, values, strict=True):
+        row.update({name: float(value), f"{name}_std": STD})
+    return row
+
+
+@pytest.fixture
+def metrics(tmp_path, monkeypatch):
+    """Every metrics file of RESULTS, under a temporary working directory."""
+    monkeypatch.chdir(tmp_path)
+    for scenario, methods in RESULTS.items():
+        for method, by_sparsity in methods.items():
+            path = layout.metrics_path(scenario, method)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            entries = {layout.sparsity_tag(s): summary(s, values) for s, values in by_sparsity.items()}
+            path.write_text(json.dumps(entries))
+    return tmp_path
+
+
+def make_params(methods=("ft", "l1_sparse", "ga"), sparsities=(0.0, 0.95)):
+    return parse_params(
+        {
+            "split": {"scenarios": SCENARIOS},
+            "unlearn": {"methods": list(methods)},
+            "prune": {"sparsities": list(sparsities)},
+            "train": {"seeds": [0, 1, 2]},
+        }
+    )
+
+
+def section(text: str, scenario: str) -> str:
+    """The part of the report about `scenario`."""
+    return text.split(f"## Scenario `{scenario}`")[1].split("## Scenario `")[0]
+
+
+def table(text: str, scenario: str, heading: str) -> str:
+    """One table of a scenario's section, from its `### heading` to the next heading."""
+    return section(text, scenario).split(f"### {heading}")[1].split("###")[0]
+
+
+def finding(text: str, scenario: str, letter: str) -> str:
+    """The line of finding (a), (b) or (c) in `scenario`."""
+    lines = section(text, scenario).splitlines()
+    return next(line for line in lines if line.startswith(f"- **({letter})"))
+
+
+def row(*cells: str) -> str:
+    """A markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_table_cells_show_mean_std_and_gap_to_retrain_at_the_same_sparsity(metrics):
+    text = report_tables(make_params())
+    dense = table(text, "class_wise", "Dense")
+    retrain = ["100.00±0.50"] * 3 + ["95.00±0.50", "0.00", "40.00±0.50 (1.00×)"]
+    assert row("Retrain", *retrain) in dense
+    ft_cells = ["20.00±0.50 (80.00)", "76.00±0.50 (24.00)", "99.80±0.50 (0.20)", "94.20±0.50 (0.80)"]
+    assert row("FT", *ft_cells, "26.25", "2.00±0.50 (0.05×)") in dense
+    sparse = table(text, "class_wise", "95% sparse")
+    ft_cells = ["70.00±0.50 (30.00)", "82.00±0.50 (18.00)", "99.00±0.50 (0.00)", "90.00±0.50 (2.00)"]
+    assert row("FT", *ft_cells, "12.50", "1.20±0.50 (0.03×)") in sparse
+    assert "| GA | 98.00±0.50 (2.00) |" in sparse
+    random_sparse = table(text, "random", "95% sparse")
+    assert "| FT | 10.00±0.50 (3.00) |" in random_sparse and "8.00±0.50 (0.40×) |" in random_sparse
+
+
+def test_gap_summary_lists_every_method_at_every_sparsity(metrics):
+    text = report_tables(make_params())
+    gaps = table(text, "class_wise", "Avg. gap to Retrain by sparsity")
+    assert "| MU | dense | 95% sparse |" in gaps
+    assert "| FT | 26.25 | 12.50 |" in gaps
+    assert "| ℓ1-sparse | 1.00 | 0.00 |" in gaps
+    assert "| GA | 7.25 | 6.00 |" in gaps
+    assert "Retrain" not in gaps
+
+
+def test_findings_hold_in_class_wise(metrics):
+    text = report_tables(make_params())
+    assert finding(text, "class_wise", "a").endswith(": holds (FT: 12.50 < 26.25).")
+    assert ": holds (avg. gaps: ℓ1-sparse 1.00, FT 26.25, GA 7.25)." in finding(text, "class_wise", "b")
+    cheap = finding(text, "class_wise", "c")
+    assert f"at most {RTE_RATIO_LIMIT:.2f}×" in cheap
+    assert ": holds (largest ratio: FT 0.05× (dense), ℓ1-sparse 0.06× (dense))." in cheap
+
+
+def test_findings_do_not_hold_in_random(metrics):
+    text = report_tables(make_params())
+    assert finding(text, "random", "a").endswith(": does not hold (FT: 4.25 >= 2.75).")
+    assert ": does not hold (avg. gaps: ℓ1-sparse 3.25, FT 2.75, GA 4.50)" in finding(text, "random", "b")
+    assert ": does not hold (largest ratio: FT 0.40× (95% sparse)" in finding(text, "random", "c")
+
+
+def test_salun_is_shown_but_not_part_of_the_l1_claim(metrics):
+    text = report_tables(make_params(methods=("ft", "l1_sparse", "ga", "salun")))
+    line = finding(text, "class_wise", "b")
+    assert ": holds (" in line  # SalUn's 0.25 is below l1's 1.00 but SalUn is not in the paper
+    assert "not part of the claim: SalUn 0.25" in line
+
+
+def test_findings_without_the_methods_they_need_are_not_checked(metrics):
+    text = report_tables(make_params(methods=("ga",)))
+    assert finding(text, "class_wise", "a").endswith(": not checked (FT not in this run).")
+    assert finding(text, "class_wise", "b").endswith(": not checked (ℓ1-sparse not in this run).")
+    assert finding(text, "class_wise", "c").endswith(": not checked (FT and ℓ1-sparse not in this run).")
+    only_dense = report_tables(make_params(sparsities=(0.0,)))
+    assert finding(only_dense, "random", "a").endswith(": not checked (the run studies a single sparsity).")
+
+
+def test_header_states_seeds_and_the_tables_have_no_figure_links(metrics):
+    text = report_tables(make_params())
+    assert "Mean ± std over 3 seeds" in text
+    assert "class-wise forgetting of class(es) 0" in text and "random forgetting of 10%" in text
+    assert "![" not in text
+
+
+def test_build_report_writes_markdown_and_png_figures(metrics):
+    path = build_report(make_params())
+    assert path.resolve() == (metrics / "reports" / "study.md").resolve()
+    text = path.read_text()
+    for scenario in RESULTS:
+        for kind in ("radar", "by_sparsity"):
+            figure = metrics / "reports" / "figures" / f"{scenario}_{kind}.png"
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"](figures/{figure.name})" in text
+    assert "| FT | 20.00±0.50 (80.00) |" in text
+
+
+def test_missing_method_file_names_the_file_and_the_stage(metrics):
+    with pytest.raises(ConfigError, match=r"metrics/class_wise/iu\.json is missing.*dvc repro evaluate@class_wise-iu"):
+        report_tables(make_params(methods=("ft", "iu")))
+    layout.metrics_path("random", "retrain").unlink()
+    with pytest.raises(ConfigError, match=r"metrics/random/retrain\.json.*evaluate_retrain@random"):
+        build_report(make_params())
+
+
+def test_missing_sparsity_entry_is_a_clear_error(metrics):
+    with pytest.raises(ConfigError, match=r"metrics/class_wise/retrain\.json has no entry for sparsities \['s0\.5'\]"):
+        report_tables(make_params(sparsities=(0.0, 0.5, 0.95)))
+
+
+def test_stage_entry_point_exits_2_with_the_message(metrics, monkeypatch, capsys):
+    raw = make_params(methods=("ft", "iu")).model_dump()
+    (metrics / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr("sys.argv", ["report", "--params", "params.yaml"])
+    with pytest.raises(SystemExit) as exit_info:
+        stage_main("report", build_report)
+    assert exit_info.value.code == 2
+    assert "metrics/class_wise/iu.json is missing" in capsys.readouterr().err
+
+
+def search_entry(method: str, scenario: str, sparsity: float, preset: str = "digits") -> dict:
+    """One search of reports/tuning.json as `tasks.production.tune.record_search` writes it."""
+    trial = {"values": {"lr": 0.0015}, "gap": 24.3, "cost_share": 0.04, "within_budget": True, "metrics": {}}
+    tuned = {**trial, "values": {"lr": 0.0031, "epochs": 3}, "gap": 2.5, "cost_share": 0.09}
+    return {"method": method, "preset": preset, "scenario": scenario, "sparsity": sparsity, "max_cost_share": 0.6,
+            "trials": 12, "date": "2026-11-30", "defaults": trial, "tuned": tuned}  # fmt: skip
+
+
+def test_tuning_section_shows_defaults_and_tuned_gaps_of_this_presets_searches(metrics):
+    layout.TUNING_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "ga-digits-random-s0.95": search_entry("ga", "random", 0.95),
+        "ga-digits-class_wise-s0.0": search_entry("ga", "class_wise", 0.0),
+        "ga-cifar10-class_wise-s0.0": search_entry("ga", "class_wise", 0.0, preset="cifar10"),
+        "rl-digits-class_wise-s0.0": search_entry("rl", "class_wise", 0.0),  # not a method of this study
+    }
+    layout.TUNING_RECORD.write_text(json.dumps(record))
+    tuning = report_tables(make_params()).split("## Tuned hyperparameters")[1]
+    rows = [line for line in tuning.splitlines() if line.startswith("| GA")]
+    defaults, tuned = "24.30 (0.04× Retrain)", "2.50 (0.09× Retrain)"
+    assert rows == [
+        row("GA", "class_wise", "dense", defaults, "lr 0.0031, epochs 3", tuned, "12"),
+        row("GA", "random", "95% sparse", defaults, "lr 0.0031, epochs 3", tuned, "12"),
+    ]
+    assert "| RL" not in tuning
+
+
+def test_tuning_section_says_when_no_search_was_recorded(metrics):
+    assert "No search recorded in `reports/tuning.json`" in report_tables(make_params())
