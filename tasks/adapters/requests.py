@@ -375,7 +375,22 @@ def rename_noreplace(source: Path, target: Path) -> None:
 _LOCKS_HELD = threading.local()  # per thread: {real path of an inbox folder: how deep its lock is held}
 
 
-class LocalStore:
+class _Store:
+    """What both stores derive from `stat(key) -> (kind, size) | None`."""
+
+    def stat(self, key: str) -> tuple[str, int] | None:
+        raise NotImplementedError
+
+    def kind(self, key: str) -> str | None:
+        found = self.stat(key)
+        return found[0] if found else None
+
+    def size(self, key: str) -> int | None:
+        found = self.stat(key)
+        return found[1] if found else None
+
+
+class LocalStore(_Store):
     """Keys as files under a root folder; links are never followed, only regular files opened."""
 
     def __init__(self, root: str | Path):
@@ -418,14 +433,6 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         return _kind(info.st_mode), info.st_size
-
-    def kind(self, key: str) -> str | None:
-        found = self.stat(key)
-        return found[0] if found else None
-
-    def size(self, key: str) -> int | None:
-        found = self.stat(key)
-        return found[1] if found else None
 
     def get(self, key: str, limit: int | None = None) -> bytes:
         """The bytes of the regular file `key`, at most `limit` + 1 of them.
@@ -544,7 +551,7 @@ class LocalStore:
 SMALL_OBJECT_BYTES = 8 << 20  # moved by a conditional put (atomic no-overwrite); larger: checked copy
 
 
-class S3Store:
+class S3Store(_Store):
     """Keys as objects under `s3://bucket/prefix/`; a "folder" is a prefix holding objects."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None):
@@ -638,14 +645,6 @@ class S3Store:
         if size is not None:
             return FILE, size
         return (FOLDER, 0) if self._objects_under(key, limit=1) else None
-
-    def kind(self, key: str) -> str | None:
-        found = self.stat(key)
-        return found[0] if found else None
-
-    def size(self, key: str) -> int | None:
-        found = self.stat(key)
-        return found[1] if found else None
 
     def _move_object(self, source: str, target: str) -> bool:
         from botocore.exceptions import ClientError
