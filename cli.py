@@ -210,7 +210,7 @@ def cleanse(
     params: StudyParams = PARAMS_FILE,
     register: Annotated[bool, typer.Option(help="Register the Trojan model and its best cleanse in MLflow.")] = True,
 ) -> None:
-    """Run the Trojan-model cleanse (PAPER.md 7.1) as a Prefect flow; print ASR and SA before and after."""
+    """Run the Trojan-model cleanse as a Prefect flow; print ASR and SA before and after."""
     from flows.backdoor_cleanse import backdoor_cleanse
     from tasks.adapters.params import load_params
     from tasks.stages.backdoor import load_rows
@@ -236,7 +236,7 @@ def cleanse(
 
 @app.command()
 def transfer(params: StudyParams = PARAMS_FILE) -> None:
-    """Run transfer after unlearning (PAPER.md 7.2) as a Prefect flow; print target accuracy and times."""
+    """Run transfer after unlearning as a Prefect flow; print target accuracy and times."""
     import json
 
     from flows.transfer import transfer as transfer_flow

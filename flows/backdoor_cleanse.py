@@ -1,4 +1,4 @@
-"""Flow `backdoor_cleanse`: the Trojan-model cleanse (PAPER.md 7.1) with dvc.yaml's stage functions.
+"""Flow `backdoor_cleanse`: the Trojan-model cleanse with dvc.yaml's stage functions.
 
     prepare -> backdoor_train -> backdoor_prune      (per sparsity; dvc.yaml: one stage)
             -> backdoor_cleanse                      (method x sparsity; dvc.yaml: per method)

@@ -1,4 +1,4 @@
-"""Flow `transfer`: transfer after unlearning (PAPER.md 7.2), as dvc.yaml's `transfer` stage runs it.
+"""Flow `transfer`: transfer after unlearning, as dvc.yaml's `transfer` stage runs it.
 
     prepare -> transfer     (metrics/transfer.json, reports/transfer.md, and a markdown artifact)
 

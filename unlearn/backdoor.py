@@ -1,4 +1,4 @@
-"""Trojan-model cleanse (PAPER.md section 7.1): BadNets poisoning, attack success rate, unlearning.
+"""Trojan-model cleanse: BadNets poisoning, attack success rate, unlearning.
 
 A uniformly drawn share of the training set gets a square trigger patch in the bottom-right
 corner and the target label. A model trained on that set answers the target class whenever

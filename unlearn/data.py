@@ -20,7 +20,7 @@ from unlearn.errors import ConfigError, DatasetNotFoundError, UnknownDatasetErro
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "npz")
 
-# Per-channel statistics used by the paper's models (PAPER.md section 4).
+# Per-channel statistics used by the paper's models.
 _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),

@@ -1,6 +1,6 @@
 """The paper's metrics: UA, RA, TA, MIA-efficacy, RTE, sparsity and the average gap to Retrain.
 
-All accuracies and MIA scores are percentages (PAPER.md section 5). The membership
+All accuracies and MIA scores are percentages. The membership
 inference attack (MIA) follows the official `evaluation/SVC_MIA.py`: one RBF support
 vector classifier per attack feature, fitted on shadow members (the first |test| retain
 samples) against shadow non-members (the test set), then applied to the target set.

@@ -1,6 +1,6 @@
 """Named recipes: data set, architecture and training recipe for the original model.
 
-`cifar10` is the paper's recipe (PAPER.md section 4). `digits`, the embedded default, is
+`cifar10` is the paper's recipe. `digits`, the embedded default, is
 derived from it: same optimiser and milestones at 50%/75%, scaled to 8x8 images and a
 few seconds on two CPU cores (no augmentation: crops and flips change what a digit is).
 """

@@ -1,4 +1,4 @@
-"""Model sparsity before unlearning: OMP, IMP and SynFlow pruning of conv weights (PAPER.md section 3).
+"""Model sparsity before unlearning: OMP, IMP and SynFlow pruning of conv weights.
 
 Pruning is global and unstructured over every Conv2d weight (never Linear, BatchNorm or
 biases). A mask is a plain {parameter name: 0/1 tensor} dict; `fit` keeps masked weights at

@@ -30,7 +30,7 @@ Objective = Callable[[Tensor, Tensor, int], Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD recipe. Defaults are the paper's CIFAR-10 recipe (PAPER.md section 4)."""
+    """SGD recipe. Defaults are the paper's CIFAR-10 recipe."""
 
     epochs: int = 182
     lr: float = 0.1

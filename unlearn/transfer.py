@@ -1,4 +1,4 @@
-"""Transfer after unlearning (PAPER.md section 7.2): does removing source classes change transfer?
+"""Transfer after unlearning: does removing source classes change transfer?
 
 A source model is trained on some classes; a subset of them is unlearned (l1-sparse MU by
 default) or retrained without (the reference). Each source is then transferred to a target

@@ -165,7 +165,7 @@ class TrackingParams(Strict):
 
 
 class BackdoorParams(Strict):
-    """The Trojan-model cleanse (PAPER.md 7.1): the attack, the Trojan models' sparsities, the methods.
+    """The Trojan-model cleanse: the attack, the Trojan models' sparsities, the methods.
 
     Attack fields left null take the preset's attack (`unlearn.backdoor.BACKDOOR_DEFAULTS`);
     `settings` override each method's cleanse config (`unlearn.backdoor.cleanse_config`).
@@ -198,7 +198,7 @@ def _one_of(value: str | None, known, what: str) -> str | None:
 
 
 class TransferParams(Strict):
-    """Transfer after unlearning (PAPER.md 7.2): source and target tasks, what is forgotten, how.
+    """Transfer after unlearning: source and target tasks, what is forgotten, how.
 
     `preset` names a pairing of `unlearn.transfer.TRANSFER_PRESETS` ("within": digits 0-4 -> 5-9
     of the prepared data set, forgetting 0 and 1; "cifar100_to_cifar10": from data.root); the

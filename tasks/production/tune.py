@@ -88,7 +88,7 @@ def _distributions(space: Mapping[str, Range | None]) -> dict[str, BaseDistribut
 
 
 # Each method module declares its ranges beside its code, with their sources (`SPEC.search_space`:
-# the paper's, PAPER.md section 10; `SPEC.preset_search_spaces`: digits' widened or dropped ones,
+# the paper's; `SPEC.preset_search_spaces`: digits' widened or dropped ones,
 # None dropping a setting). These are their Optuna distributions, in the registry's method order.
 SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
     name: _distributions(spec.search_space) for name, spec in METHODS.items() if spec.tunable

@@ -1,4 +1,4 @@
-"""Stages `backdoor_train`, `backdoor_prune`, `backdoor_cleanse`, `backdoor_report` (PAPER.md 7.1).
+"""Stages `backdoor_train`, `backdoor_prune`, `backdoor_cleanse`, `backdoor_report`.
 
     python -m tasks.stages.backdoor train                                  the dense Trojan model
     python -m tasks.stages.backdoor prune [--sparsity S]                   the Trojan model, OMP-pruned
@@ -43,7 +43,7 @@ from unlearn.splits import Manifest
 SUMMARY = layout.BACKDOOR_SUMMARY  # every cleanse's SA and ASR, by method and sparsity: the DVC metric
 REPORT = layout.BACKDOOR_REPORT
 FIGURE = layout.BACKDOOR_FIGURES / "asr_sa_by_sparsity.png"
-# The paper's application trains its Trojan models with OMP (PAPER.md 7.1).
+# The paper's application trains its Trojan models with OMP.
 PRUNER = "omp"
 
 
@@ -293,7 +293,7 @@ def render(params: Params, rows: Rows, figure_path: Path | None = None) -> str:
     attack = attack_config(params)
     count = next(iter(rows.values()))[0]["poisoned_count"]
     text = (
-        "# Trojan-model cleanse (PAPER.md 7.1)\n\n"
+        "# Trojan-model cleanse\n\n"
         f"BadNets attack: {count} training images ({attack.poison_ratio:.0%}, seed {attack.seed}) carry a "
         f"{attack.trigger_size} px patch of value {attack.patch_value:g}, {attack.border} px from the "
         f"bottom-right border, and the label {attack.target_class}. Trojan models: trained on the "

@@ -1,4 +1,4 @@
-"""Stage `transfer`: does unlearning source classes change transfer? (PAPER.md 7.2).
+"""Stage `transfer`: does unlearning source classes change transfer?
 
 Trains the source model on the source classes, forgets the forget classes with `transfer.method`
 (and with Retrain, the reference), then transfers the original, unlearned and retrained sources
@@ -153,7 +153,7 @@ def render(params: Params, result: dict) -> str:
     source_name = result.get("source_dataset", params.data.preset)
     target_name = result.get("target_dataset", source_name)
     return (
-        "# Transfer after unlearning (PAPER.md 7.2)\n\n"
+        "# Transfer after unlearning\n\n"
         f"Source task: {source_name} classes {class_list(spec.source_classes)} (source model's test accuracy "
         f"{result['source_test_accuracy']:.2f}%). Forgotten: classes {class_list(spec.forget_classes)}, by "
         f"{label(result['method'])} (`unlearned`) and by Retrain (`retrained`, the reference). Target task: "

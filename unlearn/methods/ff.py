@@ -1,6 +1,6 @@
 """FF: Fisher forgetting, one-shot Gaussian noise scaled by the inverse Fisher diagonal.
 
-Golatkar et al. (2020) style, as the official `fisher_new` (PAPER.md section 2.2): weights
+Golatkar et al. (2020) style, as the official `fisher_new`: weights
 the retain set Dr constrains (large Fisher information) get little noise, the others a lot.
 
 1. Fisher diagonal on Dr (eval mode): F = mean_x sum_y p(y|x) (d log p(y|x) / d theta)^2.
@@ -101,7 +101,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"alpha": 1e-7, "num_samples": 64, "per_sample_batch_size": 64, "classwise_head_reset": True},
 }
 
-# `unlearn tune`'s range: the paper's FF alpha range 1e-9..1e-6 (PAPER.md section 10).
+# `unlearn tune`'s range: the paper's FF alpha range 1e-9..1e-6.
 SEARCH_SPACE: SearchSpace = {"alpha": LogUniform(1e-9, 1e-6)}
 # digits: FF forgets without the head reset around alpha 1e-6..1e-5, so the range widens to 1e-5.
 PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"alpha": LogUniform(1e-9, 1e-5)}}

@@ -32,9 +32,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 32, "epochs": 1, "lr": 0.2, "lr_schedule": "cosine"},
 }
 
-# `unlearn tune`'s ranges: the paper's lr range (PAPER.md section 10) and up to its 10 epochs.
+# `unlearn tune`'s ranges: the paper's lr range and up to its 10 epochs.
 SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
-# digits: FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so lr may go up to 0.5,
+# digits: FT does not forget a class at lr 0.01-0.05, so lr may go up to 0.5,
 # where fine-tuning starts to overwrite what theta_o knew. Its one epoch is not searched (None): the
 # paper's share of Retrain's epochs, issue 3's 8% of its time (a second epoch at batch 32 doubles that).
 PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.5), "epochs": None}}

@@ -26,14 +26,14 @@ class Config(IterativeConfig):
 
 
 # digits, class 0 forgotten from the preset's theta_o (5 epochs, batch 128), UA / RA / TA:
-# lr 0.01 100 / 38 / 34 (PAPER.md section 0: RA 51.6), 5e-3 100 / 65 / 62, 2e-3 100 / 93 / 90,
+# lr 0.01 100 / 38 / 34 (the paper: RA 51.6), 5e-3 100 / 65 / 62, 2e-3 100 / 93 / 90,
 # 1.5e-3 100 / 95.3 / 93.2, 1e-3 98.6 / 98.4 / 96.6. 1.5e-3 is the largest RA that still forgets.
 PRESET_DEFAULTS: dict[str, dict] = {
     "cifar10": {"augment": True},
     "digits": {"batch_size": 128, "lr": 1.5e-3},
 }
 
-# `unlearn tune`'s range: the paper's GA lr range [1e-5, 1e-1] (PAPER.md section 10), every preset.
+# `unlearn tune`'s range: the paper's GA lr range [1e-5, 1e-1], every preset.
 SEARCH_SPACE: SearchSpace = {"lr": LogUniform(1e-5, 1e-1)}
 
 

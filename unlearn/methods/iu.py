@@ -7,7 +7,7 @@ and the retain samples from 1/N to 1/n_r) is
 
 with G_f, G_r the sums of per-sample cross-entropy gradients over Df and Dr (model in
 eval mode) and F the WoodFisher approximation of the Hessian: the damped empirical Fisher
-of m retain samples, F = damping * I + (1/m) sum_j g_j g_j^T (PAPER.md section 2.3).
+of m retain samples, F = damping * I + (1/m) sum_j g_j g_j^T.
 
 F^{-1} v is exact here: per-sample gradients come from `torch.func` in batches, and the
 Woodbury identity reduces the inverse to an m x m solve (`curvature.inverse_fisher_product`).
@@ -23,7 +23,7 @@ Differences from the official `Wfisher.py`, on purpose:
   stores those columns), and masks are re-applied: masked weights stay exactly zero.
 With damping 1 and a small Fisher (a trained model), F^{-1} v is close to v in scale, as
 the official quirk's result is, so alphas compare. The official alpha 1 leaves the
-forgotten class at UA 0 on digits; the paper searched alpha in [1, 20] (PAPER.md 10).
+forgotten class at UA 0 on digits; the paper searched alpha in [1, 20].
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"alpha": 6.0, "num_fisher_samples": 128, "batch_size": 2048, "per_sample_batch_size": 128},
 }
 
-# `unlearn tune`'s range: the paper's IU alpha range [1, 20] (PAPER.md section 10), every preset.
+# `unlearn tune`'s range: the paper's IU alpha range [1, 20], every preset.
 SEARCH_SPACE: SearchSpace = {"alpha": LogUniform(1.0, 20.0)}
 
 

@@ -1,4 +1,4 @@
-"""l1-sparse MU: fine-tune on the retain set Dr with an l1 penalty gamma_e * sum |theta| (PAPER.md 2.1)."""
+"""l1-sparse MU: fine-tune on the retain set Dr with an l1 penalty gamma_e * sum |theta|."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ GAMMA_SCHEDULES = ("linear_decay", "constant", "linear_increase")
 class Config(IterativeConfig):
     """FT settings plus the l1 strength `gamma`, its per-epoch schedule and l1-free final epochs.
 
-    Defaults (CIFAR-10): gamma 1e-4 (historical run.py, PAPER.md 2.1; not the CLI's 0.2, which
+    Defaults (CIFAR-10): gamma 1e-4 (historical run.py; not the CLI's 0.2, which
     lets the penalty dominate), linear decay, lr 0.01, 10 epochs.
     """
 
@@ -50,7 +50,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 32, "epochs": 1, "lr": 0.2, "lr_schedule": "cosine"},
 }
 
-# `unlearn tune`'s ranges: the paper's gamma range [1e-6, 1e-4] (linear decay; PAPER.md section 10),
+# `unlearn tune`'s ranges: the paper's gamma range [1e-6, 1e-4] (linear decay),
 # FT's lr range and up to 10 epochs.
 SEARCH_SPACE: SearchSpace = {"gamma": LogUniform(1e-6, 1e-4), "lr": FT_LR, "epochs": EPOCHS}
 # digits: its ||theta||_1 is ~100x smaller than ResNet-18's, so l1 forgets from gamma ~1e-3

@@ -30,9 +30,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 128, "epochs": 3},  # within tune's budget (0.2 of Retrain)
 }
 
-# `unlearn tune`'s ranges: FT's lr range (PAPER.md section 10) and up to 10 epochs.
+# `unlearn tune`'s ranges: FT's lr range and up to 10 epochs.
 SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
-# digits: FT does not forget a class at lr 0.01-0.05 (PAPER.md section 0), so RL may go up to lr
+# digits: FT does not forget a class at lr 0.01-0.05, so RL may go up to lr
 # 0.2, where fine-tuning starts to overwrite what theta_o knew.
 PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2)}}
 

@@ -1,4 +1,4 @@
-"""SalUn: random labelling restricted to the weights most salient for forgetting (PAPER.md section 9).
+"""SalUn: random labelling restricted to the weights most salient for forgetting.
 
 theta_u = m_S * (theta_o + delta) + (1 - m_S) * theta_o, with m_S the top-rho fraction of
 |grad of -CE on Df at theta_o|, ranked globally across every parameter tensor.
@@ -46,7 +46,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 128, "epochs": 3},  # within tune's budget (0.2 of Retrain)
 }
 
-# `unlearn tune`'s ranges: FT's lr range (PAPER.md section 10), the saliency fraction rho over the
+# `unlearn tune`'s ranges: FT's lr range, the saliency fraction rho over the
 # SalUn paper's values and up to 10 epochs.
 SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "rho": Uniform(0.1, 0.9), "epochs": EPOCHS}
 # digits: lr may go up to 0.2, as RL's (rl.py).

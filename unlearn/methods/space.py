@@ -73,5 +73,5 @@ def contains(searched: Range, value: object) -> bool:
 
 
 EPOCHS = IntRange(1, 10)  # the paper's 10 epochs at most; fewer fit a tight cost budget
-# FT's lr range in the paper (PAPER.md section 10); RL, SalUn and l1-sparse search it too.
+# FT's lr range in the paper; RL, SalUn and l1-sparse search it too.
 FT_LR = LogUniform(1e-3, 1e-1)
