@@ -225,12 +225,6 @@ def model_name(params: Params) -> str:
     return registry.model_name(recipe.dataset, recipe.arch)
 
 
-def version_for_batch(name: str, batch_id: str):
-    """The version of `name` registered for `batch_id`, or None: the batch's idempotency key."""
-    found = registry.versions_of_batch(name, batch_id)
-    return found[0] if found else None
-
-
 def champion_version(params: Params):
     """The champion's registry version; a clear error when no champion exists yet."""
     name = model_name(params)
@@ -241,8 +235,9 @@ def champion_version(params: Params):
 
 
 def existing_candidate(params: Params, batch: Batch):
-    """The registry version this batch already produced (a resumed run), or None."""
-    return version_for_batch(model_name(params), batch.batch_id)
+    """The registry version this batch already produced (a resumed run), or None: the batch's idempotency key."""
+    found = registry.versions_of_batch(model_name(params), batch.batch_id)
+    return found[0] if found else None
 
 
 def batch_method_config(params: Params):
