@@ -1,8 +1,9 @@
 """The `deletion_batch` flow: the production path that turns deletion requests into a candidate model.
 
 claim (or resume) a batch -> reject bad requests -> extend the ledger -> write and validate
-the split -> version it with DVC -> unlearn the champion -> evaluate -> register the
-candidate -> move the requests to done.
+the split -> version it with DVC -> unlearn the champion -> evaluate -> audit each sample
+against the champion's reference pool -> register the candidate -> attach its review
+(markdown and plot, on the registered version) -> move the requests to done.
 
 Never lose a request, never process one twice: every step is idempotent (see
 `tasks.production.deletion`), requests stay claimed until the last step, and the next run resumes a
@@ -101,14 +102,26 @@ def evaluate_candidate(params: Params, split, candidate):
     return deletion.evaluate_candidate(params, split, candidate)
 
 
+@task(name="audit-candidate", tags=["gpu"], **NETWORK_RETRIES)
+def audit_candidate(params: Params, batch, ledger, split, candidate):
+    return deletion.audit_batch(params, batch, ledger, split, candidate)
+
+
 @task(name="retrain-reference", tags=["gpu"], **LOCAL)
 def retrain_reference(params: Params, split, candidate):
     return deletion.retrain_reference(params, split, candidate)
 
 
 @task(name="register-candidate", **NETWORK_RETRIES)
-def register_candidate(params: Params, batch, ledger, split, candidate, metrics, retrain_metrics, digests):
-    return deletion.register_candidate(params, batch, ledger, split, candidate, metrics, retrain_metrics, digests)
+def register_candidate(params: Params, batch, ledger, split, candidate, metrics, retrain_metrics, digests, audited):
+    return deletion.register_candidate(
+        params, batch, ledger, split, candidate, metrics, retrain_metrics, digests, audited
+    )
+
+
+@task(name="attach-review", **NETWORK_RETRIES)
+def attach_review(params: Params, batch, version):
+    return deletion.attach_review(params, batch, version)
 
 
 @task(name="finish-batch", **NETWORK_RETRIES)
@@ -163,14 +176,20 @@ def _unlearn_and_register(params: Params, batch, ledger, split, digests):
     version = existing_candidate(params, batch)
     if version is not None:
         get_run_logger().info("batch %s already registered as version %s", batch.batch_id, version.version)
+        if deletion.REVIEW_TAG not in version.tags:  # the run died between registering and attaching
+            attach_review(params, batch, version)
         return version, {}
     with tracking.run(params, "unlearn", f"deletion-{batch.batch_id}", **flow_run_tags(batch)) as tracker:
         candidate = unlearn_champion(params, batch, ledger, split)
         metrics = evaluate_candidate(params, split, candidate)
+        batch_audit = audit_candidate(params, batch, ledger, split, candidate)
         reference = retrain_reference(params, split, candidate) if params.deletion.retrain_reference else None
         tracker.log_split(split.split, batch.batch_id)
         tracker.log_evaluation(metrics)
-        version = register_candidate(params, batch, ledger, split, candidate, metrics, reference, digests)
+        if batch_audit is not None:
+            tracker.log_evaluation(batch_audit.figures.as_dict(), prefix="audit_")
+        version = register_candidate(params, batch, ledger, split, candidate, metrics, reference, digests, batch_audit)
+    attach_review(params, batch, version)
     return version, metrics
 
 

@@ -1,4 +1,5 @@
-"""The `train_original` flow: train (and prune, per `deletion.sparsity`) the first champion and register it.
+"""The `train_original` flow: train (and prune, per `deletion.sparsity`) the first champion and register it,
+then build its audit reference pool (`flows.audit_pool`).
 
 It reuses the study's stage tasks (prepare, train, prune) on one seed, registers the dense
 original and, where configured, the sparse original as a child of it, and points the
@@ -18,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.audit_pool import audit_pool
 from flows.stages import prepare_task, prune_task, train_task
 from tasks.adapters import layout, registry, tracking
 from tasks.adapters.ledger import Ledger
@@ -68,8 +70,12 @@ def register(params: Params, champion: bool, parent_version: str | None = None, 
 
 
 @flow(name="train-original", flow_run_name="train-original-{params_path}", log_prints=True)
-def train_original(params_path: str = str(PARAMS_FILE)) -> dict:
-    """Train the first champion on the whole training set, prune it if configured, register it."""
+def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True) -> dict:
+    """Train the first champion on the whole training set, prune it if configured, register it.
+
+    Args:
+        build_pool: then build its audit reference pool (the `audit-pool` flow, K references).
+    """
     params = champion_params(load_params(params_path))
     prepare_task(params)
     ledger = verified_ledger(params)
@@ -82,12 +88,15 @@ def train_original(params_path: str = str(PARAMS_FILE)) -> dict:
     if sparse:
         prune_task(params, params.deletion.sparsity, root=root, excluded=excluded)
         champion = register(params, champion=True, parent_version=str(dense.version), ledger=ledger)
+    pool = audit_pool(params_path, str(champion.version)) if build_pool else {}
     summary = {
         "model": champion.name,
         "champion_version": str(champion.version),
         "dense_version": str(dense.version),
         "sparsity": params.deletion.sparsity,
         "excluded_samples": len(excluded),
+        "audit_pool": pool.get("pool", ""),
+        "audit_references": pool.get("references", 0),
     }
     create_markdown_artifact(
         "\n".join(f"- **{k}**: {v}" for k, v in summary.items()),

@@ -51,12 +51,12 @@ Typical use:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.stats import norm
+from scipy.stats import beta, norm
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -318,3 +318,91 @@ def audit_power(member_audit: SampleAudit, nonmember_audit: SampleAudit) -> Powe
         members=len(member_audit),
         non_members=len(nonmember_audit),
     )
+
+
+def binomial_interval(successes: int, trials: int, confidence: float) -> tuple[float, float]:
+    """Clopper-Pearson (exact) two-sided interval of a binomial rate, as fractions in [0, 1].
+
+    It never undercovers, which matters for the few samples of a deletion batch: 0 errors out of
+    3 gives [0, 0.71] at 95%, so three samples can neither prove nor refute a 3% error rate.
+    """
+    if trials < 1 or not 0 <= successes <= trials:
+        raise AuditError(f"a binomial interval needs 0 <= successes <= trials, trials >= 1; got {successes}/{trials}")
+    if not 0 < confidence < 1:
+        raise AuditError(f"confidence must lie in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2
+    low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
+    return low, high
+
+
+@dataclass(frozen=True)
+class AuditFigures:
+    """What the audit of one batch measured under a candidate: the figures a review judges.
+
+    Shares are percentages of samples that look unseen (`SampleAudit.unseen`).
+
+    Attributes:
+        samples, unseen: the batch's audited samples and how many of them look unseen.
+        unseen_share: 100 * unseen / samples.
+        champion_unseen_share: the same share under the champion, before unlearning.
+        member_unseen_share: under the candidate, the share of a fixed probe of training samples
+            never deleted (members: it trained on them); what a candidate that forgot nothing
+            would show on the batch.
+        nonmember_unseen_share: under the candidate, the share of a probe of test samples
+            (non-members); what a candidate that truly never saw the batch would show.
+        power: the probes' TPR - FPR (`Power.power`); auc: their ROC AUC (`Power.auc`).
+        alpha: the significance level of every `unseen` flag; references: K.
+    """
+
+    samples: int
+    unseen: int
+    unseen_share: float
+    champion_unseen_share: float
+    member_unseen_share: float
+    nonmember_unseen_share: float
+    power: float
+    auc: float
+    alpha: float
+    references: int
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or not 0 <= self.unseen <= self.samples:
+            raise AuditError(
+                f"audit figures need 0 <= unseen <= samples, samples >= 1; got {self.unseen}/{self.samples}"
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat {name: value}, e.g. for version tags (`AuditFigures.from_dict` reads them back)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, float | str]) -> AuditFigures:
+        """The figures from `as_dict`'s names (values may be strings, as tags are); AuditError if incomplete."""
+        missing = [name for name in cls.__dataclass_fields__ if name not in values]
+        if missing:
+            raise AuditError(f"audit figures lack {', '.join(missing)}")
+        counts = ("samples", "unseen", "references")
+        return cls(**{name: (int if name in counts else float)(values[name]) for name in cls.__dataclass_fields__})
+
+
+def calibrate(audit: SampleAudit, null: SampleAudit) -> SampleAudit:
+    """`audit` with p-values against an empirical null: `null`, the same model's audit of samples it never saw.
+
+    Why. The Gaussians say how references score a sample; a model trained on more data than a
+    reference (the champion trains on the whole training set, a reference on half) is more
+    confident on every sample, seen or not, so against the Gaussians alone even test samples
+    look seen. Samples the model never saw (held-out test samples, audited against the same pool)
+    show what "unseen" looks like for this model: a sample's p-value becomes the share of those
+    whose z_out is at least its own, (1 + #{z_null >= z}) / (1 + len(null)), and `unseen` is
+    p >= alpha again. Each model is calibrated with its own null; the probes that measure the
+    audit's power must be other samples than the null's.
+    """
+    if len(null) == 0:
+        raise AuditError("an empirical null needs at least one never-seen sample")
+    if null.alpha != audit.alpha:
+        raise AuditError(f"the audit and its null used different alphas: {audit.alpha} and {null.alpha}")
+    ordered = np.sort(null.z_out)
+    at_least = len(ordered) - np.searchsorted(ordered, audit.z_out, side="left")
+    p_out = (1.0 + at_least) / (1.0 + len(ordered))
+    return replace(audit, p_out=p_out, unseen=p_out >= audit.alpha)

@@ -23,6 +23,8 @@ class Preset:
     train: TrainConfig
     model_options: dict = field(default_factory=dict)
     rewind_epoch: int = 8  # OMP / IMP weight and LR rewinding point
+    # Reference models of the membership audit (unlearn.audit), each a training run on half the data.
+    audit_references: int = 32
 
 
 _CIFAR10 = Preset("cifar10", "cifar10", "resnet18", TrainConfig())
@@ -39,6 +41,7 @@ PRESETS: dict[str, Preset] = {
         replace(_CIFAR10.train, epochs=20, batch_size=128, lr=0.05, augment=False),
         model_options={"width": 32},
         rewind_epoch=1,
+        audit_references=16,
     ),
 }
 

@@ -102,6 +102,15 @@ def batch_model_path(batch_id: str) -> Path:
     return MODELS / "batches" / batch_id / "candidate.pt"
 
 
+def batch_audit_dir(batch_id: str) -> Path:
+    """A deletion batch's audit and review: per-sample table, report, plot (logged to the registry too)."""
+    return REPORTS / "batches" / batch_id
+
+
+# The membership audit's reference pools (tasks/adapters/audit_pool.py), one folder each, DVC-versioned.
+AUDIT_POOLS = MODELS / "audit"
+
+
 # The Trojan-model cleanse (tasks/stages/backdoor.py, dvc stages backdoor_*).
 BACKDOOR_MODELS = MODELS / "backdoor"
 BACKDOOR_DENSE = BACKDOOR_MODELS / "dense.pt"

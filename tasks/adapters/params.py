@@ -119,12 +119,56 @@ class EvaluateParams(Strict):
     mia: bool = True
 
 
-class GateParams(Strict):
-    """Promotion gates a candidate must pass before it becomes champion."""
+class SampleGateParams(Strict):
+    """Gates of a batch of arbitrary samples: judged against the model's own test error and the audit.
+
+    A model that forgot a few samples as retraining would errs on them about as often as on
+    unseen data, so UA is checked against the test error within a binomial interval, and the
+    membership audit (`unlearn.audit`) against its non-member probe; where the audit cannot tell
+    on this batch (power below `min_power`), `weak_evidence` says what certifies the candidate.
+    """
+
+    max_ta_drop: float = Field(2.0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)  # of the Clopper-Pearson intervals on UA and the unseen share
+    ua_tolerance: float = Field(2.0, ge=0)  # points the test error may lie outside UA's interval
+    unseen_tolerance: float = Field(10.0, ge=0)  # points the unseen share may lie below the non-member probe's
+    min_power: float = Field(0.8, ge=0, le=1)
+    weak_evidence: Literal["retrain", "refuse"] = "retrain"
+    max_retrain_gap: float = Field(3.0, ge=0)  # |TA - Retrain's TA|, |RA - Retrain's RA| at most this
+
+
+class ClassWiseGateParams(Strict):
+    """Gates of a batch that deletes whole classes: the forgotten classes must be unlearned outright."""
 
     max_ta_drop: float = Field(2.0, ge=0)
     min_ua: float = Field(90.0, ge=0, le=100)
     min_mia_efficacy: float = Field(50.0, ge=0, le=100)
+
+
+class GateParams(Strict):
+    """Promotion gates a candidate must pass before it becomes champion, per kind of deletion request."""
+
+    sample: SampleGateParams = SampleGateParams()
+    class_wise: ClassWiseGateParams = ClassWiseGateParams()
+
+
+class AuditParams(Strict):
+    """The per-sample membership audit: its reference pool (built once per champion lineage) and levels."""
+
+    references: int | None = Field(None, ge=2)  # K reference models (even); None: the preset's (digits 16)
+    alpha: float = Field(0.05, gt=0, lt=1)  # a sample with OUT p-value below this looks seen
+    fixed_variance: bool = True  # one variance pooled over all samples (LiRA's variant for K < 64)
+    probe_size: int = Field(200, ge=10)  # member and non-member probe samples each (the audit's power)
+    seed: int = 0  # the half splits, the references' seeds and the probes
+    rebuild_deleted_share: float = Field(0.1, gt=0, le=1)  # pool stale once this share of its data is deleted
+    task_runner: Literal["threads", "dask"] = "threads"  # how `unlearn audit build` fans the references out
+
+    @field_validator("references")
+    @classmethod
+    def _even(cls, value: int | None) -> int | None:
+        if value is not None and value % 2:
+            raise ValueError(f"must be even (each sample is IN for exactly half the references), got {value}")
+        return value
 
 
 class DeletionParams(Strict):
@@ -282,6 +326,7 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     promote: GateParams = GateParams()
     deletion: DeletionParams = DeletionParams()
+    audit: AuditParams = AuditParams()
     tracking: TrackingParams = TrackingParams()
     backdoor: BackdoorParams = BackdoorParams()
     transfer: TransferParams = TransferParams()

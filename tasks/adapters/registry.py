@@ -16,12 +16,12 @@ ledger digest, split digests), how (method, sparsity, parent version), its metri
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import importlib.metadata
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +38,9 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
 from tasks.adapters import tracking
+from tasks.adapters.ledger import Ledger
 from tasks.adapters.params import PARAMS_FILE, load_params
+from tasks.adapters.workspace import file_sha256
 from unlearn.checkpoint import Checkpoint, load_checkpoint, restore_model
 from unlearn.data import as_float
 from unlearn.errors import ConfigError, UnlearnError
@@ -71,6 +73,17 @@ CHECKPOINT_TAG = "checkpoint.sha256"
 METRIC_PREFIX = "metrics."
 RETRAIN_PREFIX = "retrain."
 PROMOTION_PREFIX = "promotion."
+# What a review reads to pick and judge its gates (`tasks.production.gates.Evidence`): the request kind
+# ("sample" | "class_wise"), the batch's forget-set size, and its audit figures (`unlearn.audit.AuditFigures`).
+DELETION_KIND_TAG = "deletion.kind"
+FORGET_SAMPLES_TAG = "forget.samples"
+AUDIT_PREFIX = "audit."
+# The review attached to a version (`tasks.production.deletion.attach_review`): verdict and evidence.
+REVIEW_VERDICT_TAG = "review.verdict"
+REVIEW_EVIDENCE_TAG = "review.evidence"
+# The review artefacts logged with a version (`log_version_artifacts`), among them the per-sample audit.
+REVIEW_ARTIFACTS = "review"
+AUDIT_TABLE = "audit.csv"
 MODEL_ARTIFACT = "model"
 # torch.export's graph format: loading runs no pickled code (as checkpoints load with
 # weights_only=True) and needs no `unlearn` package. ~3 s to log a digits model here;
@@ -184,7 +197,7 @@ def verify_checkpoint(version: ModelVersion, path: str | Path) -> Path:
         raise CheckpointTamperedError(
             f"{version.name} v{version.version} records no {CHECKPOINT_TAG}: its checkpoint cannot be verified"
         )
-    actual = _file_sha256(Path(path))
+    actual = file_sha256(Path(path))
     if actual != recorded:
         raise CheckpointTamperedError(
             f"{version.name} v{version.version}'s checkpoint {Path(path).name} has sha256 {actual[:12]}, but "
@@ -202,14 +215,6 @@ def metric_tags(metrics: Mapping[str, float], prefix: str = METRIC_PREFIX) -> di
 def tag_metrics(tags: Mapping[str, str], prefix: str = METRIC_PREFIX) -> dict[str, float]:
     """The metrics stored under `prefix` in version tags."""
     return {key.removeprefix(prefix): float(value) for key, value in tags.items() if key.startswith(prefix)}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- logging and registering models --------------------------------------------------------
@@ -325,7 +330,7 @@ def _register_checkpoint(
             "dataset": meta["dataset"],
             "arch": meta["arch"],
             SPARSITY_TAG: f"{sparsity(model):.4f}",
-            CHECKPOINT_TAG: _file_sha256(Path(checkpoint_path)),
+            CHECKPOINT_TAG: file_sha256(Path(checkpoint_path)),
             **tags,
         }
         return register_version(
@@ -480,6 +485,24 @@ def record_promotion(name: str, version: str, tags: Mapping[str, str], store: Ml
         store.delete_registered_model_alias(name, CANDIDATE)
 
 
+def set_version_tags(name: str, version: str, tags: Mapping[str, str], store: MlflowClient | None = None) -> None:
+    """Set (or overwrite) tags on an existing version, e.g. the audit pool a champion is judged against."""
+    store = store or tracking.client()
+    for key, value in tracking.sanitize(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH).items():
+        store.set_model_version_tag(name, str(version), key, value)
+
+
+def log_version_artifacts(version: ModelVersion, folder: str | Path, artifact_path: str = REVIEW_ARTIFACTS) -> str:
+    """Log a folder's files to the logged model behind `version` (what the MLflow UI shows on its page).
+
+    Returns their artifact URI.
+    """
+    model_id = version.model_id or version.source.removeprefix("models:/")
+    store = tracking.client()
+    store.log_model_artifacts(model_id, str(folder), artifact_path)
+    return f"{store.get_logged_model(model_id).artifact_location}/{artifact_path}"
+
+
 def _require_no_champion(name: str) -> None:
     current = version_by_alias(name, CHAMPION)
     if current is not None:
@@ -575,4 +598,311 @@ def render_history(name: str, entries: Sequence[HistoryEntry]) -> str:
     lines.append(
         f"  the champion has forgotten {len(forgotten)} request(s)" + (f": {', '.join(forgotten)}" if forgotten else "")
     )
+    return "\n".join(lines)
+
+
+def history_as_dict(name: str, entries: Sequence[HistoryEntry]) -> dict[str, object]:
+    """The lineage as JSON-ready values (`unlearn history --json`): each entry's fields, the forgotten requests."""
+    return {
+        "model": name,
+        "champion": entries[0].version if entries else None,
+        "lineage": [asdict(entry) for entry in entries],
+        "forgotten": sorted({r for entry in entries for r in entry.request_ids}),
+    }
+
+
+def ancestors(name: str, version: str | int, store: MlflowClient | None = None) -> list[str]:
+    """`version` and the versions it was made from (its `parent_version` chain), newest first."""
+    store = store or tracking.client()
+    chain: list[str] = []
+    current: str | None = str(version)
+    while current and current not in chain:
+        chain.append(current)
+        current = get_version(name, current, store).tags.get(PARENT_TAG)
+    return chain
+
+
+# --- one request's history -----------------------------------------------------------------
+
+
+class RequestNotFoundError(VersionNotFoundError):
+    """A deletion request that no registered version forgot (recorded in the ledger or not)."""
+
+
+# The audit.csv columns read as numbers and as verdicts; `sample_id` stays text.
+_VERDICT_COLUMNS = ("unseen", "champion_unseen")
+_COUNT_FIGURES = ("samples", "unseen", "references")
+
+
+def _number(name: str, value: str) -> float | int | str:
+    """An `audit.*` tag's value as a number (counts as int); left as text where it is not one."""
+    try:
+        return int(float(value)) if name in _COUNT_FIGURES else float(value)
+    except ValueError:
+        return value
+
+
+def _sample_row(row: Mapping[str, str]) -> dict[str, object]:
+    """One audit.csv row typed: sample_id text, `unseen` flags bool, every other column float."""
+    typed: dict[str, object] = {}
+    for column, value in row.items():
+        if column == "sample_id":
+            typed[column] = value
+        elif column in _VERDICT_COLUMNS:
+            typed[column] = value.strip().lower() == "true"
+        else:
+            try:
+                typed[column] = float(value)
+            except (TypeError, ValueError):
+                typed[column] = value
+    return typed
+
+
+@dataclass(frozen=True)
+class ForgettingVersion:
+    """A registry version that forgot a request: lineage, audit, promotion, service and review.
+
+    Attributes:
+        registered_at: when the version was registered (ISO 8601, UTC).
+        audit: the batch's `audit.*` figures (prefix dropped, numbers parsed); empty: not audited.
+        samples: the request's rows of the version's audit.csv, ledger order; None where there is none.
+        samples_note: why `samples` is None or incomplete ("" where it is whole).
+        promotion: `promotion.*` tags (prefix dropped; `forced` a bool); empty: never promoted itself.
+        in_service: the champion is this version or was made from it (its `parent_version` chain).
+        review: `verdict` and `evidence` of the review attached to it, where there is one.
+    """
+
+    version: str
+    batch_id: str
+    method: str
+    parent_version: str | None
+    registered_at: str
+    aliases: tuple[str, ...]
+    request_ids: tuple[str, ...]
+    audit: Mapping[str, float | int | str]
+    samples: tuple[Mapping[str, object], ...] | None
+    samples_note: str
+    promotion: Mapping[str, str | bool]
+    in_service: bool
+    review: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RequestHistory:
+    """What became of one deletion request: the version(s) that forgot it and whether that is in service.
+
+    Attributes:
+        sample_ids / ledger_batches: what the deletion ledger at `ledger_path` records of the request.
+        champion: the version in service now (None: no champion).
+        versions: the versions that forgot it, oldest first (normally exactly one).
+    """
+
+    model: str
+    request_id: str
+    ledger_path: str
+    sample_ids: tuple[str, ...]
+    ledger_batches: tuple[str, ...]
+    champion: str | None
+    versions: tuple[ForgettingVersion, ...]
+
+    @property
+    def in_service(self) -> bool:
+        """Whether the champion has forgotten the request (it is, or descends from, a version that did)."""
+        return any(version.in_service for version in self.versions)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-ready values (`unlearn history REQUEST_ID --json`)."""
+        return {**asdict(self), "in_service": self.in_service}
+
+
+def _registered_at(version: ModelVersion) -> str:
+    stamp = version.creation_timestamp
+    return datetime.fromtimestamp(stamp / 1000, UTC).isoformat(timespec="seconds") if stamp else ""
+
+
+def _request_samples(
+    version: ModelVersion, sample_ids: Sequence[str], store: MlflowClient
+) -> tuple[tuple[dict[str, object], ...] | None, str]:
+    """The request's rows of the version's review audit.csv, and a note on what is missing."""
+    if not sample_ids:
+        return None, "the ledger records no samples for this request"
+    model_id = version.model_id or version.source.removeprefix("models:/")
+    try:
+        location = store.get_logged_model(model_id).artifact_location
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{REVIEW_ARTIFACTS}/{AUDIT_TABLE}")
+        with open(path, newline="") as handle:
+            rows = {row["sample_id"]: _sample_row(row) for row in csv.DictReader(handle) if row.get("sample_id")}
+    except (MlflowException, OSError, KeyError) as error:  # no logged model, no artefact, a foreign table
+        log.debug("no audit table for %s v%s: %s", version.name, version.version, error)
+        return None, f"no {REVIEW_ARTIFACTS}/{AUDIT_TABLE} logged with v{version.version}"
+    found = tuple(rows[sample] for sample in sample_ids if sample in rows)
+    missing = len(sample_ids) - len(found)
+    note = f"{missing} of the request's {len(sample_ids)} samples are not in its {AUDIT_TABLE}" if missing else ""
+    return found, note
+
+
+def _forgetting_version(
+    version: ModelVersion, sample_ids: Sequence[str], service: Sequence[str], store: MlflowClient
+) -> ForgettingVersion:
+    tags = version.tags
+    audit = {
+        key.removeprefix(AUDIT_PREFIX): _number(key.removeprefix(AUDIT_PREFIX), value)
+        for key, value in sorted(tags.items())
+        if key.startswith(AUDIT_PREFIX)
+    }
+    promotion: dict[str, str | bool] = {
+        field: tags[PROMOTION_PREFIX + field]
+        for field in ("time", "reviewer", "forced", "reason")
+        if PROMOTION_PREFIX + field in tags
+    }
+    if "forced" in promotion:
+        promotion["forced"] = promotion["forced"] == "true"
+    review_tags = {"verdict": REVIEW_VERDICT_TAG, "evidence": REVIEW_EVIDENCE_TAG}
+    review = {field: tags[tag] for field, tag in review_tags.items() if tag in tags}
+    samples, note = _request_samples(version, sample_ids, store)
+    return ForgettingVersion(
+        version=str(version.version),
+        batch_id=tags.get(BATCH_TAG, ""),
+        method=tags.get(METHOD_TAG, ""),
+        parent_version=tags.get(PARENT_TAG),
+        registered_at=_registered_at(version),
+        aliases=tuple(version.aliases),
+        request_ids=tuple(r for r in tags.get(REQUEST_IDS_TAG, "").split(",") if r),
+        audit=audit,
+        samples=samples,
+        samples_note=note,
+        promotion=promotion,
+        in_service=str(version.version) in service,
+        review=review,
+    )
+
+
+def request_history(
+    name: str, request_id: str, ledger_path: str | Path, store: MlflowClient | None = None
+) -> RequestHistory:
+    """Which version of `name` forgot `request_id`, its audit, its promotion, and whether it is in service.
+
+    Raises:
+        RequestNotFoundError: no registered version names the request (the message says whether
+            the ledger at `ledger_path` records it).
+    """
+    store = store or tracking.client()
+    ledger = Ledger.load(ledger_path)
+    rows = [row for row in ledger.rows if row.request_id == request_id]
+    sample_ids = tuple(row.sample_id for row in rows)
+    batches = tuple(dict.fromkeys(row.batch_id for row in rows))
+    found = [
+        version
+        for version in store.search_model_versions(f"name = '{name}'")
+        if request_id in version.tags.get(REQUEST_IDS_TAG, "").split(",")
+    ]
+    if not found:
+        where = f"no registered version of {name} forgot request {request_id}"
+        if rows:
+            raise RequestNotFoundError(
+                f"{where}: the ledger {ledger.path} records it (batch {', '.join(batches)}, "
+                f"{len(sample_ids)} sample(s)), but no registered version forgot it yet"
+            )
+        raise RequestNotFoundError(f"{where}, and the ledger {ledger.path} does not record it: unknown request id")
+    champion = version_by_alias(name, CHAMPION, store)
+    service = ancestors(name, champion.version, store) if champion is not None else []
+    # Searches leave aliases out (MLflow fills them in on `get_model_version` only): read each version again.
+    versions = [store.get_model_version(name, str(v.version)) for v in sorted(found, key=lambda v: int(v.version))]
+    return RequestHistory(
+        model=name,
+        request_id=request_id,
+        ledger_path=str(ledger.path),
+        sample_ids=sample_ids,
+        ledger_batches=batches,
+        champion=str(champion.version) if champion is not None else None,
+        versions=tuple(_forgetting_version(version, sample_ids, service, store) for version in versions),
+    )
+
+
+def _percent(audit: Mapping[str, object], key: str) -> str:
+    value = audit.get(key)
+    return f"{value:.1f}%" if isinstance(value, float | int) else "?"
+
+
+def _p(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float | int) else "?"
+
+
+def _version_lines(found: RequestHistory, version: ForgettingVersion) -> list[str]:
+    parent = f" from v{version.parent_version}" if version.parent_version else ""
+    aliases = f" [{', '.join(version.aliases)}]" if version.aliases else ""
+    lines = [
+        f"request {found.request_id}: forgotten by {found.model} v{version.version}{aliases} "
+        f"(batch {version.batch_id or '-'}, {version.method or '-'}{parent}), registered {version.registered_at or '?'}"
+    ]
+    if found.champion is None:
+        service = "no (no champion)"
+    elif not version.in_service:
+        service = f"no (champion v{found.champion})"
+    elif found.champion == version.version:
+        service = f"yes (champion v{found.champion})"
+    else:
+        service = f"yes (champion v{found.champion}, made from v{version.version})"
+    promotion = version.promotion
+    if promotion.get("time"):
+        forced = f" (FORCED: {promotion.get('reason', '')})" if promotion.get("forced") else ""
+        reason = f", reason: {promotion['reason']}" if promotion.get("reason") and not forced else ""
+        promoted = f"promoted {promotion['time']} by {promotion.get('reviewer') or '?'}{forced}{reason}"
+    else:
+        promoted = "never promoted"
+    lines.append(f"  in service: {service}   {promoted}")
+    audit = version.audit
+    pool = ", ".join(
+        ([f"{audit['references']} references"] if "references" in audit else [])
+        + ([f"alpha {_p(audit['alpha'])}"] if "alpha" in audit else [])
+    )
+    parts = ([f"batch of {audit['samples']}"] if "samples" in audit else []) + ([pool] if pool else [])
+    context = f" ({'; '.join(parts)})" if parts else ""
+    count = len(found.sample_ids)
+    if version.samples is None:
+        lines.append(f"  audit of its {count} sample(s){context}: {version.samples_note}")
+    else:
+        unseen = sum(bool(row.get("unseen")) for row in version.samples)
+        lines.append(f"  audit of its {count} sample(s){context}: {unseen} look unseen")
+        width = max((len(str(row["sample_id"])) for row in version.samples), default=0)
+        for row in version.samples:
+            verdict = "unseen" if row.get("unseen") else "seen"
+            before = "unseen" if row.get("champion_unseen") else "seen"
+            lines.append(
+                f"    {str(row['sample_id']):<{width}}  p_out {_p(row.get('p_out')):<6} {verdict:<7} "
+                f"(champion: p_out {_p(row.get('champion_p_out'))} {before})"
+            )
+        if version.samples_note:
+            lines.append(f"    ({version.samples_note})")
+    if not audit:
+        lines.append("  batch: not audited")
+    else:
+        power = f", audit power {_p(audit['power'])}" if "power" in audit else ""
+        lines.append(
+            f"  batch: unseen {_percent(audit, 'unseen_share')} (champion before: "
+            f"{_percent(audit, 'champion_unseen_share')}; probes: members {_percent(audit, 'member_unseen_share')}, "
+            f"non-members {_percent(audit, 'nonmember_unseen_share')}){power}"
+        )
+    if version.review:
+        evidence = f" (evidence {version.review['evidence']})" if "evidence" in version.review else ""
+        lines.append(f"  review: {version.review.get('verdict', '?')}{evidence}")
+    return lines
+
+
+def render_request_history(found: RequestHistory) -> str:
+    """A request's history as text for a privacy reviewer: who forgot it, its audit, its promotion, service."""
+    lines: list[str] = []
+    if len(found.versions) > 1:
+        listed = ", ".join(f"v{version.version}" for version in found.versions)
+        lines.append(
+            f"warning: request {found.request_id} is named by {len(found.versions)} versions ({listed}); "
+            "each request should be forgotten by exactly one"
+        )
+    for version in found.versions:
+        lines += _version_lines(found, version)
+    if found.ledger_batches and not any(v.batch_id in found.ledger_batches for v in found.versions):
+        lines.append(
+            f"  note: the ledger records it in batch {', '.join(found.ledger_batches)}, not in the batch of the "
+            "version(s) above"
+        )
     return "\n".join(lines)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
@@ -64,3 +66,27 @@ def tracked(params: Params, kind: str, name: str, config=None, /, **tags) -> Abs
     from tasks.adapters import tracking
 
     return tracking.run(params, kind, name, config, **tags)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_add(targets: Sequence[str | Path], push: bool) -> dict[str, str]:
+    """`dvc add` files or folders of this project (and `dvc push` them to the default remote); their md5s.
+
+    Returns `{"dvc.<name>": md5}` per target, as the registry records them.
+    """
+    from dvc.repo import Repo
+
+    targets = [str(target) for target in targets]
+    with Repo(".") as repo:
+        stages = repo.add(targets)
+        if push:
+            repo.push(targets=[f"{target}.dvc" for target in targets])
+    return {f"dvc.{Path(out.def_path).name}": out.hash_info.value for stage in stages for out in stage.outs}

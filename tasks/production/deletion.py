@@ -31,7 +31,9 @@ from tasks.adapters.expectations import validate_against
 from tasks.adapters.ledger import Ledger, batch_split, validate_batch
 from tasks.adapters.params import Params, method_config
 from tasks.adapters.requests import DeletionRequest, Inbox, InboxError, new_batch_id, open_inbox
-from tasks.adapters.workspace import bundle, device, load_model, preset
+from tasks.adapters.workspace import bundle, device, dvc_add, load_model, preset
+from tasks.production import audit
+from tasks.production.audit import BatchAudit
 from tasks.stages.steps import evaluate_split, unlearn_checkpoint
 from unlearn.data import DataBundle
 from unlearn.errors import UnlearnError
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 # What a batch reports (`unlearn batch`, the flow's artifact): the headline metrics, then UA on
 # every sample deleted so far (`evaluate_candidate`).
 BATCH_METRICS = (*HEADLINE_METRICS, "UA_cumulative")
+REVIEW_TAG = registry.REVIEW_VERDICT_TAG  # set once a batch's version has its review attached (`attach_review`)
 
 
 class NoChampionError(UnlearnError):
@@ -88,6 +91,7 @@ class Candidate:
     method: str
     model: nn.Module
     masks: Masks
+    champion_checkpoint: Path  # the verified checkpoint it was unlearned from (the audit scores it too)
 
 
 def inbox_of(params: Params) -> Inbox:
@@ -209,14 +213,7 @@ def write_split(params: Params, batch: Batch, ledger: Ledger, data: DataBundle) 
 
 def version_split(params: Params, batch_split_: BatchSplit) -> dict[str, str]:
     """`dvc add` the batch's split and the ledger, and push them to the default remote."""
-    from dvc.repo import Repo
-
-    targets = [str(batch_split_.folder), params.deletion.ledger]
-    with Repo(".") as repo:
-        stages = repo.add(targets)
-        if params.deletion.dvc_push:
-            repo.push(targets=[f"{target}.dvc" for target in targets])
-    return {f"dvc.{Path(out.def_path).name}": out.hash_info.value for stage in stages for out in stage.outs}
+    return dvc_add([batch_split_.folder, params.deletion.ledger], params.deletion.dvc_push)
 
 
 def model_name(params: Params) -> str:
@@ -251,7 +248,8 @@ def batch_method_config(params: Params):
 def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
     """Unlearn from the champion every sample deleted since it was made (this batch at least)."""
     champion = champion_version(params)
-    model, checkpoint = load_model(registry.verify_checkpoint(champion, registry.checkpoint_path(champion)))
+    champion_path = registry.verify_checkpoint(champion, registry.checkpoint_path(champion))
+    model, checkpoint = load_model(champion_path)
     data = split.data
     forget_ids = ledger.sample_ids_of(batches_since(ledger, forgotten_through(champion)))
     forget_set = data.train.subset(resolve_ids(data.train, forget_ids))
@@ -262,7 +260,7 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
         batch_id=batch.batch_id, parent_version=str(champion.version), split_digest=split.split.digest(),
         request_ids=batch.request_ids,
     )  # fmt: skip
-    return Candidate(path, result.seconds, str(champion.version), method, result.model, checkpoint.masks)
+    return Candidate(path, result.seconds, str(champion.version), method, result.model, checkpoint.masks, champion_path)
 
 
 def forgotten_through(version) -> str | None:
@@ -287,6 +285,37 @@ def evaluate_candidate(params: Params, split: BatchSplit, candidate: Candidate) 
     return metrics
 
 
+def request_kind(split: BatchSplit) -> str:
+    """`class_wise` where the batch deletes every remaining training sample of the classes it touches; else `sample`.
+
+    The kind picks the promotion gates (`tasks.production.gates`).
+    """
+    data, forget = split.data, set(split.split.forget.indices)
+    earlier = set(split.cumulative.indices) - forget
+    labels = data.train.labels.cpu()
+    classes = {int(labels[row]) for row in forget}
+    remaining = {row for row in range(len(data.train)) if int(labels[row]) in classes and row not in earlier}
+    return "class_wise" if forget and remaining == forget else "sample"
+
+
+def audit_batch(
+    params: Params, batch: Batch, ledger: Ledger, split: BatchSplit, candidate: Candidate
+) -> BatchAudit | None:
+    """The per-sample membership audit of the candidate on the batch's samples; None where the champion has no pool."""
+    champion = champion_version(params)
+    pool = audit.pool_of(champion)
+    if pool is None:
+        log.warning("%s v%s has no audit reference pool: the batch is not audited (run `unlearn audit build`)",
+                    champion.name, champion.version)  # fmt: skip
+        return None
+    champion_model, _ = load_model(candidate.champion_checkpoint)
+    result = audit.audit_candidate(
+        params, split.data, pool, split.split.forget.sample_ids, candidate.model, champion_model, ledger.deleted_ids()
+    )
+    result.save(layout.batch_audit_dir(batch.batch_id))
+    return result
+
+
 def retrain_reference(params: Params, split: BatchSplit, candidate: Candidate) -> dict[str, float]:
     """Retrain's metrics on the same split (the gold standard), where the policy asks for it."""
     data, parts = split.data, split.split
@@ -305,8 +334,9 @@ def register_candidate(
     metrics: dict[str, float],
     retrain_metrics: dict[str, float] | None,
     dvc_digests: dict[str, str],
+    batch_audit: BatchAudit | None = None,
 ):
-    """Register the unlearned model as `candidate`, tagged with its lineage."""
+    """Register the unlearned model as `candidate`, tagged with its lineage, its request kind and its audit."""
     lineage = registry.Lineage(
         request_ids=tuple(batch.request_ids),
         batch_id=batch.batch_id,
@@ -317,7 +347,14 @@ def register_candidate(
         ledger_path=params.deletion.ledger,
         ledger_rows=len(ledger.through(batch.batch_id).rows),
     )
-    tags = {**dvc_digests, "deletion.rejected": ",".join(sorted(batch.rejected))}
+    tags = {
+        **dvc_digests,
+        "deletion.rejected": ",".join(sorted(batch.rejected)),
+        registry.DELETION_KIND_TAG: request_kind(split),
+        registry.FORGET_SAMPLES_TAG: str(len(split.split.forget)),
+        **audit.pool_tags(champion_version(params)),
+        **(batch_audit.tags() if batch_audit else {}),
+    }
     return registry.register_unlearned(
         candidate.checkpoint,
         lineage,
@@ -326,6 +363,26 @@ def register_candidate(
         tags=tags,
         experiment=params.tracking.experiment,
     )
+
+
+def attach_review(params: Params, batch: Batch, version) -> str:
+    """Review the registered version (`promotion.review`) and log the review to it: markdown, plot, audit table.
+
+    The verdict and where the files are go on the version's tags (`review.*`); returns the verdict.
+    """
+    from tasks.production.evidence import write_review
+    from tasks.production.promotion import review
+
+    result = review(version.version, name=version.name, gates=params.promote)
+    folder = layout.batch_audit_dir(batch.batch_id)
+    write_review(result, folder)
+    uri = registry.log_version_artifacts(version, folder, registry.REVIEW_ARTIFACTS)
+    verdict = "promotable" if result.passed else "not promotable"
+    evidence = "insufficient" if any(getattr(gate, "insufficient", False) for gate in result.gates) else "sufficient"
+    registry.set_version_tags(version.name, str(version.version), {
+        REVIEW_TAG: verdict, registry.REVIEW_EVIDENCE_TAG: evidence, "review.artifacts": uri,
+    })  # fmt: skip
+    return verdict
 
 
 def finish(params: Params, batch: Batch) -> None:

@@ -22,9 +22,12 @@ from mlflow.entities.model_registry import ModelVersion
 from tasks.adapters import tracking
 from tasks.adapters.params import PARAMS_FILE, GateParams, load_params
 from tasks.adapters.registry import (
+    AUDIT_PREFIX,
     BATCH_TAG,
     CANDIDATE,
     CHAMPION,
+    DELETION_KIND_TAG,
+    FORGET_SAMPLES_TAG,
     METHOD_TAG,
     PARENT_TAG,
     PROMOTION_PREFIX,
@@ -35,12 +38,14 @@ from tasks.adapters.registry import (
     SPARSITY_TAG,
     PromotionError,
     VersionNotFoundError,
+    ancestors,
     get_version,
     record_promotion,
     tag_metrics,
     version_by_alias,
 )
-from tasks.production.gates import GateResult, check_gates
+from tasks.production.gates import Evidence, GateResult, check_gates, insufficient_evidence
+from unlearn.audit import AuditError, AuditFigures
 from unlearn.metrics import HEADLINE_METRICS
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ def load_gates(params_path: str | Path = PARAMS_FILE) -> GateParams:
 
 @dataclass(frozen=True)
 class Review:
-    """A version against the champion (and a retrained reference) with its gate results."""
+    """A version against the champion (and a retrained reference) with its gate results and their evidence."""
 
     model: str
     version: str
@@ -69,6 +74,7 @@ class Review:
     metrics: dict[str, dict[str, float | None]]  # metric -> {"version", "champion", "retrain"}
     gates: tuple[GateResult, ...]
     tags: dict[str, str] = field(default_factory=dict)
+    evidence: Evidence | None = None
 
     @property
     def passed(self) -> bool:
@@ -77,6 +83,23 @@ class Review:
     @property
     def failed(self) -> tuple[GateResult, ...]:
         return tuple(gate for gate in self.gates if not gate.passed)
+
+    @property
+    def insufficient(self) -> bool:
+        """Whether the evidence could not decide some gate (the audit's power on the batch is too low)."""
+        return insufficient_evidence(self.gates)
+
+    def evidence_line(self) -> str:
+        """`evidence: sufficient (audit power 0.97 on 20 samples)` style."""
+        kind = self.evidence.kind if self.evidence else "sample"
+        if kind == "class_wise":
+            return "evidence: class_wise batch (whole classes: UA and MIA-efficacy floors, no audit power)"
+        power = next((gate.value for gate in self.gates if gate.name == "audit_power"), None)
+        audit = self.evidence.audit if self.evidence else None
+        verdict = "insufficient" if self.insufficient else "sufficient"
+        if audit is None or power is None:
+            return f"evidence: {verdict} (no audit recorded: audit power n/a)"
+        return f"evidence: {verdict} (audit power {power:.2f} on {audit.samples} samples)"
 
     def render(self) -> str:
         """A plain-text table for the terminal."""
@@ -97,8 +120,10 @@ class Review:
             f"  {name:<13}{cell(row['version'])}{cell(row['champion'])}{cell(row['retrain'])}"
             for name, row in self.metrics.items()
         ]
-        lines.append("  gates:")
+        kind = self.evidence.kind if self.evidence else "-"
+        lines.append(f"  gates ({kind} request):")
         lines += [f"    {gate.line()}" for gate in self.gates]
+        lines.append(f"  {self.evidence_line()}")
         lines.append(f"  verdict: {'promotable' if self.passed else 'NOT promotable'}")
         return "\n".join(lines)
 
@@ -109,6 +134,31 @@ def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, fl
     if reference or RETRAIN_VERSION_TAG not in version.tags:
         return reference
     return tag_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store).tags)
+
+
+def evidence_of(
+    version: ModelVersion, champion: ModelVersion | None, retrain: dict[str, float] | None = None
+) -> Evidence:
+    """What the gates judge, read off the version's tags: request kind, metrics, forget-set size, audit.
+
+    A version without `deletion.kind` is judged as a batch of arbitrary samples ("sample").
+    """
+    tags = version.tags
+    samples = tags.get(FORGET_SAMPLES_TAG)
+    audit_tags = {key.removeprefix(AUDIT_PREFIX): value for key, value in tags.items() if key.startswith(AUDIT_PREFIX)}
+    try:
+        audit = AuditFigures.from_dict(audit_tags) if audit_tags else None
+    except (AuditError, ValueError) as error:
+        where = f"{version.name} v{version.version}"
+        raise PromotionError(f"{where}: its {AUDIT_PREFIX}* tags are unreadable: {error}") from error
+    return Evidence(
+        kind=tags.get(DELETION_KIND_TAG, "sample"),
+        metrics=tag_metrics(tags),
+        champion=tag_metrics(champion.tags) if champion else None,
+        retrain=retrain or None,
+        forget_samples=int(samples) if samples is not None else None,
+        audit=audit,
+    )
 
 
 def review(
@@ -139,7 +189,8 @@ def review(
         }
         for metric in HEADLINE_METRICS
     }
-    results = check_gates(ours, theirs, gates or load_gates())
+    evidence = evidence_of(candidate, champion, retrain)
+    results = check_gates(evidence, gates or load_gates())
     return Review(
         name,
         str(candidate.version),
@@ -147,6 +198,7 @@ def review(
         table,
         results,
         dict(candidate.tags),
+        evidence,
     )
 
 
@@ -166,7 +218,16 @@ class Promotion:
 
 
 def _promotion_tags(promotion: Promotion) -> dict[str, str]:
-    gates = {g.name: {"passed": g.passed, "value": g.value, "threshold": g.threshold} for g in promotion.gates}
+    gates = {
+        g.name: {
+            "passed": g.passed,
+            "value": g.value,
+            "threshold": g.threshold,
+            "reason": g.reason,
+            "insufficient": g.insufficient,
+        }
+        for g in promotion.gates
+    }
     warnings = {f"{PROMOTION_PREFIX}warnings": " | ".join(promotion.warnings)} if promotion.warnings else {}
     return {
         **warnings,
@@ -235,17 +296,6 @@ def promote(
         " (forced)" if force else "",
     )
     return promotion
-
-
-def ancestors(name: str, version: str, store: MlflowClient | None = None) -> list[str]:
-    """`version` and the versions it was made from (its `parent_version` chain), newest first."""
-    store = store or tracking.client()
-    chain: list[str] = []
-    current: str | None = str(version)
-    while current and current not in chain:
-        chain.append(current)
-        current = get_version(name, current, store).tags.get(PARENT_TAG)
-    return chain
 
 
 def lineage_warnings(name: str, version: str, champion: str | None, store: MlflowClient | None = None) -> list[str]:

@@ -20,8 +20,8 @@ from tasks.production import deletion
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("record", "write_split", "version_split", "unlearn_champion", "evaluate_candidate",
-         "register_candidate", "finish")  # fmt: skip
+STEPS = ("record", "write_split", "version_split", "unlearn_champion", "evaluate_candidate", "audit_batch",
+         "register_candidate", "attach_review", "finish")  # fmt: skip
 
 
 def base_params() -> dict:
@@ -30,6 +30,7 @@ def base_params() -> dict:
     params["train"].update(seeds=[0], epochs=2)
     params["unlearn"]["settings"]["ft"] = {"epochs": 1}
     params["deletion"].update(method="ft", sparsity=0.5, dvc_push=True)
+    params["audit"].update(references=4, probe_size=50)  # a small pool: 4 two-epoch references
     return params
 
 
@@ -108,6 +109,14 @@ def test_happy_path_registers_a_candidate_with_its_lineage(params_path):
     assert version.tags[registry.LEDGER_TAG] and version.tags[registry.PARENT_TAG]
     assert 0 <= float(version.tags["metrics.UA"]) <= 100
     assert "metrics.UA_cumulative" in version.tags
+    # audited against the champion's pool, kind and size recorded, the review attached
+    assert version.tags[registry.DELETION_KIND_TAG] == "sample" and version.tags[registry.FORGET_SAMPLES_TAG] == "3"
+    assert version.tags["audit.samples"] == "3" and version.tags["audit.references"] == "4"
+    assert (
+        version.tags["audit_pool.sha256"]
+        == registry.version_by_alias(result["model"], registry.CHAMPION).tags["audit_pool.sha256"]
+    )
+    assert version.tags[deletion.REVIEW_TAG] in ("promotable", "not promotable")
     assert inbox_of(params_path).status("req-a").state == "done"
     assert Path(f"data/splits/batches/{result['batch_id']}.dvc").is_file()  # versioned with DVC
 

@@ -259,6 +259,7 @@ def production_params(bucket: str) -> dict:
     params["deletion"].update(
         method="ft", sparsity=0.5, dvc_push=True, inbox=f"s3://{bucket}/inbox/", schedule="0 0 1 1 *"
     )
+    params["audit"].update(references=4, probe_size=50)  # a small pool: 4 two-epoch references
     return params
 
 

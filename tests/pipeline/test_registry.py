@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from tasks.adapters import registry, tracking
-from tasks.adapters.params import GateParams
+from tasks.adapters.params import ClassWiseGateParams, GateParams, SampleGateParams
 from tasks.production import promotion
+from unlearn.audit import AuditFigures
 from unlearn.checkpoint import load_checkpoint, model_metadata, restore_model, save_checkpoint
 from unlearn.data import as_float
 from unlearn.errors import ConfigError
@@ -23,9 +24,16 @@ from unlearn.original import new_model
 from unlearn.presets import get_preset
 
 NAME = "unlearn-digits-digits_resnet"
-GATES = GateParams(max_ta_drop=2.0, min_ua=90.0, min_mia_efficacy=50.0)
+GATES = GateParams(
+    sample=SampleGateParams(max_ta_drop=2.0, min_power=0.8, weak_evidence="retrain"),
+    class_wise=ClassWiseGateParams(max_ta_drop=2.0, min_ua=90.0, min_mia_efficacy=50.0),
+)
+# GOOD and BAD are whole-class batches (`deletion.kind: class_wise`, see cheap_version): UA and MIA-efficacy floors.
 GOOD = {"UA": 96.0, "MIA_efficacy": 81.0, "RA": 99.0, "TA": 96.5, "RTE_seconds": 1.2}
 BAD = {"UA": 40.0, "MIA_efficacy": 30.0, "RA": 99.5, "TA": 97.0, "RTE_seconds": 0.4}
+CLASS_WISE = {registry.DELETION_KIND_TAG: "class_wise"}
+# A batch of arbitrary samples forgotten as retraining would: UA about the test error (4%).
+RETRAIN_LIKE = {"UA": 0.0, "MIA_efficacy": 10.0, "RA": 99.5, "TA": 96.0, "RTE_seconds": 0.8}
 SPLITS = {"retain": "a" * 64, "forget": "b" * 64, "test": "c" * 64, "split": "d" * 64}
 
 
@@ -45,9 +53,16 @@ def lineage(*request_ids: str, parent: str | None = "1", batch: str = "batch-1")
     return registry.Lineage(request_ids, batch, "ledger-digest", SPLITS, "l1_sparse", parent)
 
 
-def cheap_version(kind: str, metrics: dict, lineage_: registry.Lineage | None = None, **tags) -> str:
-    """A registered version with real tags in the real store, without logging a model (~3 s each)."""
+def cheap_version(
+    kind: str, metrics: dict, lineage_: registry.Lineage | None = None, deletion: str | None = "class_wise", **tags
+) -> str:
+    """A registered version with real tags in the real store, without logging a model (~3 s each).
+
+    An unlearned one records its request kind (`deletion`; None: no `deletion.kind` tag, a "sample" batch).
+    """
     all_tags = {registry.KIND_TAG: kind, **registry.metric_tags(metrics), **tags}
+    if kind == "unlearned" and deletion is not None:
+        all_tags[registry.DELETION_KIND_TAG] = deletion
     if lineage_ is not None:
         all_tags.update(lineage_.tags())
     return str(registry.register_version(NAME, "file:///nowhere/model", all_tags).version)
@@ -72,8 +87,9 @@ def test_names_and_gates_come_from_params(tmp_path):
     assert registry.default_model_name(tmp_path / "missing.yaml") == NAME
     assert promotion.load_gates(tmp_path / "missing.yaml") == GateParams()
     params = tmp_path / "params.yaml"
-    params.write_text("promote:\n  min_ua: 99.5\n")
-    assert promotion.load_gates(params).min_ua == 99.5
+    params.write_text("promote:\n  class_wise:\n    min_ua: 99.5\n")
+    gates = promotion.load_gates(params)
+    assert (gates.class_wise.min_ua, gates.sample) == (99.5, SampleGateParams())
     assert registry.default_model_name(params) == NAME
 
 
@@ -135,8 +151,46 @@ def test_review_compares_with_the_champion_and_the_retrained_reference(store):
         ("MIA_efficacy", True),
     ]
     assert review.gates[0].value == pytest.approx(0.5)
+    assert review.evidence.kind == "class_wise" and review.evidence.retrain["TA"] == 96.0
     text = review.render()
     assert "requests (2): r1, r2" in text and "PASS  TA_drop" in text and "verdict: promotable" in text
+    assert "UA 96.0 >= 90.0" in text and "evidence: class_wise batch" in text
+
+
+def audit_tags(unseen: int, samples: int, member: float, nonmember: float = 95.0) -> dict[str, str]:
+    """`forget.samples` and `audit.*` tags of a batch audited as the deletion batch records them."""
+    figures = AuditFigures(samples, unseen, 100 * unseen / samples, 0.0, member, nonmember, 0.5, 0.8, 0.05, 16)
+    audit = {f"{registry.AUDIT_PREFIX}{name}": str(value) for name, value in figures.as_dict().items()}
+    return {registry.FORGET_SAMPLES_TAG: str(samples), **audit}
+
+
+def test_a_sample_batch_is_judged_on_its_test_error_and_audit_read_off_its_tags(store):
+    set_alias("champion", cheap_version("original", {"TA": 97.0}))
+    strong = cheap_version("unlearned", RETRAIN_LIKE, lineage("r1"), deletion=None, **audit_tags(19, 20, 5.0))
+    review = promotion.review(strong, name=NAME, gates=GATES)
+    assert (review.evidence.kind, review.evidence.forget_samples) == ("sample", 20)
+    assert (review.evidence.audit.unseen, review.evidence.audit.member_unseen_share) == (19, 5.0)
+    assert [(g.name, g.passed) for g in review.gates] == [
+        ("TA_drop", True),
+        ("UA", True),
+        ("audit_unseen", True),
+        ("audit_power", True),
+    ]
+    assert review.passed and not review.insufficient
+    text = review.render()
+    assert "evidence: sufficient (audit power 1.00 on 20 samples)" in text and "holds the test error 4.0" in text
+    # 3 samples and a leaky member probe: the audit cannot tell; no Retrain reference to certify it
+    weak = cheap_version("unlearned", RETRAIN_LIKE, lineage("r2"), deletion="sample", **audit_tags(3, 3, 30.0))
+    review = promotion.review(weak, name=NAME, gates=GATES)
+    assert review.insufficient and [g.name for g in review.failed] == ["audit_power"]
+    assert "evidence: insufficient (audit power 0.34 on 3 samples)" in review.render()
+    with pytest.raises(promotion.GateFailedError, match="fails gates audit_power: .*insufficient evidence"):
+        promotion.promote(weak, "ana", name=NAME, gates=GATES)
+    set_alias("candidate", weak)
+    promotion.promote(weak, "ana", "counsel accepts the Retrain gap report", force=True, name=NAME, gates=GATES)
+    gates = json.loads(registry.get_version(NAME, weak).tags["promotion.gates"])
+    assert gates["audit_power"]["insufficient"] and "power 0.34 < 0.80 on 3 samples" in gates["audit_power"]["reason"]
+    assert not gates["UA"]["insufficient"] and gates["UA"]["reason"].startswith("UA 0.0 on 3 samples")
 
 
 def test_promotion_moves_the_champion_only_when_the_gates_pass(store):
@@ -278,7 +332,7 @@ def test_registry_through_an_mlflow_server_with_s3_artefacts(
 ):
     original = registry.register_original(checkpoints["original"], {"TA": 97.0}, champion=True)
     forgotten = lineage("req-1", parent=str(original.version))
-    unlearned = registry.register_unlearned(checkpoints["unlearned"], forgotten, BAD)
+    unlearned = registry.register_unlearned(checkpoints["unlearned"], forgotten, BAD, tags=CLASS_WISE)
     with pytest.raises(promotion.GateFailedError):
         promotion.promote(unlearned.version, "ana", name=NAME, gates=GATES)
     assert alias("champion") == "1"

@@ -118,7 +118,8 @@ def test_credential_like_keys_are_dropped(key):
         # ordinary: this project's params
         ("train.lr", False),
         ("pin_memory", False),
-        ("promote.min_ua", False),
+        ("promote.class_wise.min_ua", False),
+        ("promote.sample.min_power", False),
         ("dvc.data/raw/dataset.npz", False),
         ("mlflow.source.git.commit", False),
     ],
@@ -277,7 +278,8 @@ def _check_everything(run_id: str, digits) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["data.preset"] == "digits" and params["train.seeds"] == "0,1,2"
-    assert params["promote.min_ua"] == "90.0"
+    assert params["promote.class_wise.min_ua"] == "90.0"
+    assert params["promote.sample.weak_evidence"] == "retrain"
     assert [m.step for m in store.get_metric_history(run_id, "loss")] == [0, 1, 2]
     assert store.get_metric_history(run_id, "accuracy")[-1].value == pytest.approx(0.7)
     assert {k: run.data.metrics[k] for k in FINAL_METRICS} == FINAL_METRICS

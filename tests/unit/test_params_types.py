@@ -174,10 +174,27 @@ BAD = [
     ({"transfer": {"method": "ga", "settings": {"lr": "fast"}}}, "transfer.settings.lr: must be a number, got 'fast'"),
     ({"transfer": {"settings": {"gama": 1.0}}}, "transfer.settings: method 'l1_sparse' has no setting(s) ['gama']"),
     ({"transfer": {"settings": {"seed": 1}}}, "transfer.settings.seed: set transfer.seed"),
-    ({"promote": {"max_ta_drop": "fast"}}, "promote.max_ta_drop: Input should be a valid number, got 'fast'"),
-    ({"promote": {"min_ua": True}}, "promote.min_ua: Input should be a valid number, got True"),
-    ({"promote": {"min_mia_efficacy": "50"}}, "promote.min_mia_efficacy: Input should be a valid number, got '50'"),
-    ({"promote": {"min_ua": 101}}, "promote.min_ua: Input should be less than or equal to 100"),
+    (
+        {"promote": {"class_wise": {"max_ta_drop": "fast"}}},
+        "promote.class_wise.max_ta_drop: Input should be a valid number, got 'fast'",
+    ),
+    (
+        {"promote": {"class_wise": {"min_ua": True}}},
+        "promote.class_wise.min_ua: Input should be a valid number, got True",
+    ),
+    (
+        {"promote": {"class_wise": {"min_mia_efficacy": "50"}}},
+        "promote.class_wise.min_mia_efficacy: Input should be a valid number, got '50'",
+    ),
+    (
+        {"promote": {"class_wise": {"min_ua": 101}}},
+        "promote.class_wise.min_ua: Input should be less than or equal to 100",
+    ),
+    ({"promote": {"sample": {"max_ta_drop": -1}}}, "promote.sample.max_ta_drop: Input should be greater than or equal"),
+    ({"audit": {"references": 5}}, "audit.references: Value error, must be even"),
+    ({"audit": {"alpha": 1.5}}, "audit.alpha: Input should be less than 1"),
+    ({"audit": {"probe_size": "200"}}, "audit.probe_size: Input should be a valid integer, got '200'"),
+    ({"audit": {"task_runner": "ray"}}, "audit.task_runner: Input should be 'threads' or 'dask'"),
     ({"deletion": {"sparsity": "0.95"}}, "deletion.sparsity: Input should be a valid number, got '0.95'"),
     # One `Sparsity` type, in [0, 1): every sparsity key says so, naming the key (and the list item)
     ({"deletion": {"sparsity": 1.0}}, "deletion.sparsity: Input should be less than 1, got 1.0"),
@@ -216,7 +233,8 @@ def test_good_values_still_load(tmp_path):
             },
             "backdoor": {"settings": {"ft": {"lr": 1, "epochs": 2}}},
             "transfer": {"settings": {"lr": 1, "gamma": 0}},
-            "promote": {"max_ta_drop": 2, "min_ua": 90},
+            "promote": {"class_wise": {"max_ta_drop": 2, "min_ua": 90}},
+            "audit": {"references": 4, "alpha": 0.1},
             "deletion": {"sparsity": 0},
             **_tuned("ga", {"lr": 1}),
         }
@@ -225,7 +243,7 @@ def test_good_values_still_load(tmp_path):
     recipe = method_config(params, "retrain").train  # the original's recipe, epochs changed
     assert (recipe.epochs, recipe.lr) == (3, PRESETS["digits"].train.lr)
     assert method_config(params, "ga", scenario="random", sparsity=0.95).lr == 1
-    assert params.promote.max_ta_drop == 2
+    assert params.promote.class_wise.max_ta_drop == 2 and params.audit.references == 4
 
     shipped = load_params(ROOT / "params.yaml")
     assert shipped.tuned and shipped.backdoor.settings
