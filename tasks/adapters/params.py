@@ -156,7 +156,7 @@ class AuditParams(Strict):
     """The per-sample membership audit: its reference pool (built once per champion lineage) and levels."""
 
     references: int | None = Field(None, ge=2)  # K reference models (even); None: the preset's (digits 16)
-    alpha: float = Field(0.05, gt=0, lt=1)  # a sample with OUT p-value below this looks seen
+    alpha: float = Field(0.2, gt=0, lt=1)  # a sample with p-value below this looks seen
     fixed_variance: bool = True  # one variance pooled over all samples (LiRA's variant for K < 64)
     probe_size: int = Field(200, ge=10)  # member and non-member probe samples each (the audit's power)
     seed: int = 0  # the half splits, the references' seeds and the probes

@@ -124,6 +124,18 @@ class Review:
         lines.append(f"  gates ({kind} request):")
         lines += [f"    {gate.line()}" for gate in self.gates]
         lines.append(f"  {self.evidence_line()}")
+        audit = self.evidence.audit if self.evidence else None
+        if audit is not None:
+            lines.append(
+                f"  audit: {audit.unseen} of {audit.samples} samples look unseen ({audit.unseen_share:.1f}%; "
+                f"the champion before: {audit.champion_unseen_share:.1f}%; probes: members "
+                f"{audit.member_unseen_share:.1f}%, non-members {audit.nonmember_unseen_share:.1f}%; "
+                f"probe AUC {audit.auc:.2f}; {audit.references} references, alpha {audit.alpha:g})"
+            )
+        if self.tags.get("audit_pool.stale") == "true":
+            share = 100 * float(self.tags.get("audit_pool.deleted_share", "nan"))
+            lines.append(f"  warning: the reference pool is stale ({share:.1f}% of its training samples deleted "
+                         "since it was built): rebuild it with `unlearn audit build`")  # fmt: skip
         lines.append(f"  verdict: {'promotable' if self.passed else 'NOT promotable'}")
         return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from projects import enter_project, tool_env
 
 from tasks.adapters import registry, tracking
 from tasks.adapters.requests import DeletionRequest, open_inbox
@@ -37,28 +38,14 @@ def base_params() -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api):
     """A git + DVC project folder with a registered champion; the working folder for the module."""
-    folder = tmp_path_factory.mktemp("project")
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    monkeypatch.setenv("UNLEARN_ARTIFACT_ROOT", str(folder / "mlartifacts"))
-    monkeypatch.setenv("UNLEARN_DEVICE", "cpu")
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                    ["dvc", "remote", "add", "-d", "local", str(folder / "remote")]):  # fmt: skip
-        subprocess.run(command, check=True, cwd=folder, env=_env())
+    folder = enter_project(tmp_path_factory.mktemp("project"), monkeypatch)
     (folder / "params.yaml").write_text(yaml.safe_dump(base_params()))
     from flows.train_original import train_original
 
     summary = train_original("params.yaml")
     yield folder, summary
     monkeypatch.undo()
-
-
-def _env() -> dict[str, str]:
-    import os
-    import sys
-
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
 
 
 @pytest.fixture
@@ -323,7 +310,7 @@ def _cli_process(params_path: str, prefect_home: Path, slow_step: str | None = N
     import os
     import sys
 
-    env = {key: value for key, value in _env().items() if not key.startswith("PREFECT_API")}
+    env = {key: value for key, value in tool_env().items() if not key.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1")
     code = "import sys; from cli import app\n"
     if slow_step:

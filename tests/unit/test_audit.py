@@ -10,10 +10,13 @@ from torch import nn
 from unlearn.audit import (
     MIN_STD,
     AuditError,
+    AuditFigures,
     ReferenceScores,
     SampleAudit,
     audit_power,
     audit_samples,
+    binomial_interval,
+    calibrate,
     half_splits,
     logit_confidence,
     reference_scores,
@@ -239,3 +242,58 @@ def test_audit_power_refuses_empty_probes_and_mixed_alphas():
     assert "member and non-member probes" in one_line_error(lambda: audit_power(audit, audit.rows([])))
     other = audit_samples(unseen, reference, alpha=0.1)
     assert "different alphas" in one_line_error(lambda: audit_power(audit, other))
+
+
+def test_calibration_undoes_a_model_that_is_more_confident_on_every_sample():
+    """A candidate shifted up by 1.5 OUT std on every sample: raw, unseen samples look seen; calibrated, they do not."""
+    reference, seen, unseen = synthetic()
+    shift = 1.5
+    raw_unseen = audit_samples(unseen + shift, reference, alpha=0.2)
+    raw_seen = audit_samples(seen + shift, reference, alpha=0.2)
+    null = raw_unseen.rows(range(1000, 2000))  # never-seen samples of the same model: the empirical null
+    assert unseen_share(raw_unseen.rows(range(1000))) < 60  # P(N(0,1) + 1.5 < 0.84) is about 26%
+    calibrated = calibrate(raw_unseen.rows(range(1000)), null)
+    assert abs(unseen_share(calibrated) - 80.0) < 5.0
+    assert unseen_share(calibrate(raw_seen.rows(range(1000)), null)) < 20.0  # members still look seen
+    assert np.array_equal(calibrated.z_out, raw_unseen.z_out[:1000])  # only p-values and verdicts change
+
+
+def test_calibrated_p_values_are_shares_of_the_null_at_least_as_extreme():
+    reference, _, unseen = synthetic(samples=10)
+    audit = audit_samples(unseen, reference, alpha=0.5)
+    calibrated = calibrate(audit, audit)
+    ranks = np.array([(1 + np.sum(audit.z_out >= z)) / 11 for z in audit.z_out])
+    np.testing.assert_allclose(calibrated.p_out, ranks)
+    assert np.array_equal(calibrated.unseen, ranks >= 0.5)
+
+
+def test_calibration_refuses_an_empty_null_and_mixed_alphas():
+    reference, _, unseen = synthetic(samples=10)
+    audit = audit_samples(unseen, reference, alpha=0.2)
+    assert "never-seen sample" in one_line_error(lambda: calibrate(audit, audit.rows([])))
+    other = audit_samples(unseen, reference, alpha=0.1)
+    assert "different alphas" in one_line_error(lambda: calibrate(audit, other))
+
+
+@pytest.mark.parametrize(
+    "successes, trials, low, high",
+    [(0, 3, 0.0, 0.7076), (3, 3, 0.2924, 1.0), (2, 20, 0.0123, 0.3170), (10, 20, 0.2720, 0.7280)],
+)
+def test_binomial_interval_is_clopper_pearson(successes, trials, low, high):
+    got = binomial_interval(successes, trials, 0.95)
+    np.testing.assert_allclose(got, (low, high), atol=1e-4)
+
+
+def test_binomial_interval_and_figures_refuse_impossible_counts():
+    assert "successes <= trials" in one_line_error(lambda: binomial_interval(4, 3, 0.95))
+    assert "confidence" in one_line_error(lambda: binomial_interval(1, 3, 1.0))
+    figures = dict(samples=3, unseen=4, unseen_share=0.0, champion_unseen_share=0.0, member_unseen_share=0.0,
+                   nonmember_unseen_share=0.0, power=0.0, auc=0.5, alpha=0.2, references=4)  # fmt: skip
+    assert "unseen <= samples" in one_line_error(lambda: AuditFigures(**figures))
+
+
+def test_audit_figures_round_trip_through_string_tags():
+    figures = AuditFigures(20, 17, 85.0, 30.0, 32.3, 92.5, 0.6, 0.92, 0.2, 16)
+    tags = {f"audit.{name}": repr(value) for name, value in figures.as_dict().items()}
+    assert AuditFigures.from_dict({k.removeprefix("audit."): v for k, v in tags.items()}) == figures
+    assert "lack unseen, unseen_share" in one_line_error(lambda: AuditFigures.from_dict({"samples": "3"}))

@@ -1,0 +1,72 @@
+"""A git + DVC project folder in which flows run as in a user's checkout, and a deletion batch step by step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.adapters import layout, registry
+from tasks.adapters.requests import DeletionRequest
+from tasks.adapters.workspace import bundle, load_model
+from tasks.production import deletion
+from tasks.production.promotion import review
+
+
+def tool_env() -> dict[str, str]:
+    """The environment with this venv's tools (dvc) first on PATH and DVC's analytics off."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def enter_project(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make `folder` a git + DVC project with a local remote, its own MLflow store, the CPU; chdir into it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    monkeypatch.setenv("UNLEARN_ARTIFACT_ROOT", str(folder / "mlartifacts"))
+    monkeypatch.setenv("UNLEARN_DEVICE", "cpu")
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                    ["dvc", "remote", "add", "-d", "local", str(folder / "remote")]):  # fmt: skip
+        subprocess.run(command, check=True, cwd=folder, env=tool_env())
+    return folder
+
+
+def batch_of(params, sample_ids: list[str], request_id: str):
+    """Submit one request, open its batch, record it, write its split (the batch flow's first steps)."""
+    data = bundle()
+    deletion.inbox_of(params).submit(DeletionRequest(request_id=request_id, sample_ids=sample_ids))
+    batch = deletion.open_batch(params, data)
+    ledger = deletion.record(params, batch)
+    return batch, ledger, deletion.write_split(params, batch, ledger, data)
+
+
+def register_and_review(params, batch, ledger, split, candidate):
+    """The batch flow's last steps for a given candidate: evaluate, audit, register, attach the review, finish."""
+    metrics = deletion.evaluate_candidate(params, split, candidate)
+    audited = deletion.audit_batch(params, batch, ledger, split, candidate)
+    version = deletion.register_candidate(params, batch, ledger, split, candidate, metrics, None, {}, audited)
+    deletion.attach_review(params, batch, version)
+    deletion.finish(params, batch)
+    found = review(version.version, name=version.name, gates=params.promote)
+    print(f"\n{found.render()}")
+    return found, audited
+
+
+def champion_candidate(params, batch) -> deletion.Candidate:
+    """The no-op: the champion's checkpoint, byte for byte, as the batch's candidate."""
+    champion = deletion.champion_version(params)
+    source = registry.verify_checkpoint(champion, registry.checkpoint_path(champion))
+    path = layout.batch_model_path(batch.batch_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, path)
+    model, checkpoint = load_model(path)
+    return deletion.Candidate(path, 0.0, str(champion.version), "none", model, checkpoint.masks, Path(source))
+
+
+def gate(found, name: str):
+    (result,) = [g for g in found.gates if g.name == name]
+    return result
