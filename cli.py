@@ -19,6 +19,8 @@ app = typer.Typer(
 
 request_app = typer.Typer(help="Deletion requests: submit them to the inbox, see where they are.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
+audit_app = typer.Typer(help="The membership audit: the champion's reference pool.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -91,17 +93,35 @@ def promote(
 
 
 @app.command()
-def history(model: ModelOption = None, params: ParamsOption = PARAMS_FILE) -> None:
-    """List the champion's lineage, newest first, with the deletion requests each version forgot."""
+def history(
+    request_id: Annotated[
+        str | None, typer.Argument(help="A deletion request: which version forgot it, its audit, is it in service.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    model: ModelOption = None,
+    params: ParamsOption = PARAMS_FILE,
+) -> None:
+    """List the champion's lineage with the requests each version forgot; or one request's history."""
+    import json
+
+    from tasks.adapters.ledger import DEFAULT_LEDGER
+    from tasks.adapters.params import load_params
     from tasks.adapters.registry import history as lineage
-    from tasks.adapters.registry import render_history
+    from tasks.adapters.registry import history_as_dict, render_history, render_request_history, request_history
     from unlearn.errors import UnlearnError
 
     try:
         name, _ = _model_and_gates(model, params)
-        typer.echo(render_history(name, lineage(name)))
+        if request_id is None:
+            entries = lineage(name)
+            shown, text = history_as_dict(name, entries), render_history(name, entries)
+        else:
+            ledger = load_params(params).deletion.ledger if params.is_file() else DEFAULT_LEDGER
+            found = request_history(name, request_id, ledger)
+            shown, text = found.as_dict(), render_request_history(found)
     except UnlearnError as error:
         raise _fail(error) from error
+    typer.echo(json.dumps(shown, indent=2, sort_keys=True) if as_json else text)
 
 
 StudyParams = Annotated[Path, typer.Option("--params", help="The study's params file.")]
@@ -143,6 +163,34 @@ def train_original(params: StudyParams = PARAMS_FILE) -> None:
     )
 
 
+@audit_app.command("build")
+def audit_build(
+    params: StudyParams = PARAMS_FILE,
+    version: Annotated[int | None, typer.Option(help="Version to build the pool for; default: the champion.")] = None,
+    if_stale: Annotated[
+        bool, typer.Option(help="Only if the champion has no pool or its deleted share reached the rebuild level.")
+    ] = False,
+    task_runner: Annotated[str | None, typer.Option(help="threads or dask; default: audit.task_runner.")] = None,
+    address: Annotated[str | None, typer.Option(help="A Dask scheduler to run on (production).")] = None,
+) -> None:
+    """Train the audit's K reference models (seeded halves of the champion's data), keep their scores."""
+    from flows.audit_pool import audit_pool
+    from unlearn.errors import UnlearnError
+
+    try:
+        summary = audit_pool(str(params), None if version is None else str(version), if_stale, task_runner, address)
+    except UnlearnError as error:
+        raise _fail(error) from error
+    if summary["status"] == "valid":
+        typer.echo(f"reference pool {summary['pool']} is still valid: nothing built")
+        return
+    typer.echo(
+        f"{summary['model']} v{summary['champion_version']}: reference pool {summary['pool']}, "
+        f"{summary['references']} references in {summary['seconds']:.1f} s "
+        f"(median {summary['reference_seconds_median']:.1f} s each), sha256 {summary['sha256'][:12]}"
+    )
+
+
 @app.command()
 def batch(params: StudyParams = PARAMS_FILE) -> None:
     """Run one deletion batch now, outside any schedule, and print what it registered."""
@@ -163,7 +211,7 @@ def batch(params: StudyParams = PARAMS_FILE) -> None:
 
 @app.command()
 def serve(params: StudyParams = PARAMS_FILE) -> None:
-    """Serve the `deletion-batch` deployment on its cron schedule (`deletion.schedule`) until stopped."""
+    """Serve `deletion-batch` (cron `deletion.schedule`) and `audit-pool` (daily, `--if-stale`) until stopped."""
     from flows.deployments import serve_deletion_batch
 
     serve_deletion_batch(str(params))

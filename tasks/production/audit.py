@@ -67,11 +67,15 @@ POOL_PATH_TAG = "audit_pool.path"
 POOL_SHA_TAG = "audit_pool.sha256"
 POOL_REFERENCES_TAG = "audit_pool.references"
 POOL_SEED_TAG = "audit_pool.seed"
+POOL_SEEDS_TAG = "audit_pool.seeds"  # every reference's seed, comma-separated
 POOL_BUILT_TAG = "audit_pool.built_at"
 POOL_EXCLUDED_TAG = "audit_pool.excluded_samples"
 POOL_DVC_TAG = "audit_pool.dvc_md5"
-POOL_TAGS = (POOL_PATH_TAG, POOL_SHA_TAG, POOL_REFERENCES_TAG, POOL_SEED_TAG, POOL_BUILT_TAG, POOL_EXCLUDED_TAG,
-             POOL_DVC_TAG)  # fmt: skip
+POOL_TAGS = (POOL_PATH_TAG, POOL_SHA_TAG, POOL_REFERENCES_TAG, POOL_SEED_TAG, POOL_SEEDS_TAG, POOL_BUILT_TAG,
+             POOL_EXCLUDED_TAG, POOL_DVC_TAG)  # fmt: skip
+# Reference k of audit seed s trains with seed BASE + 1000 s + k: never a training seed's (train.seeds,
+# deletion.seed), so no reference shares the champion's initialisation.
+REFERENCE_SEED_BASE = 100_000
 AUDIT_TABLE = registry.AUDIT_TABLE  # the per-sample rows, logged with the review
 
 
@@ -133,7 +137,7 @@ def plan_pool(params: Params, version: str | None = None) -> PoolPlan:
         checkpoint=Path(checkpoint),
         train_rows=tuple(rows),
         splits=half_splits(len(rows), count, seed),
-        seeds=tuple(seed * 1_000 + k for k in range(count)),
+        seeds=tuple(REFERENCE_SEED_BASE + seed * 1_000 + k for k in range(count)),
         member_probe=members.astype(np.int64),
         nonmember_probe=nonmembers.astype(np.int64),
         ledger_rows=len(ledger.rows),
@@ -185,6 +189,7 @@ def save_built_pool(
         POOL_SHA_TAG: written.sha256,
         POOL_REFERENCES_TAG: str(written.references),
         POOL_SEED_TAG: str(written.seed),
+        POOL_SEEDS_TAG: ",".join(str(seed) for seed in written.seeds),
         POOL_BUILT_TAG: written.built_at,
         POOL_EXCLUDED_TAG: str(written.excluded_samples),
         POOL_DVC_TAG: next(iter(digests.values()), ""),

@@ -84,6 +84,7 @@ def test_the_pool_is_built_versioned_and_recorded_on_the_champion(project):
     tags = registry.get_version(champion.name, champion.version).tags
     folder = Path(tags["audit_pool.path"])
     assert tags["audit_pool.references"] == str(REFERENCES) and tags["audit_pool.sha256"] == pool["sha256"]
+    assert tags["audit_pool.seeds"] == ",".join(str(100_000 + k) for k in range(REFERENCES))
     assert Path(f"{folder}.dvc").is_file() and (folder / "pool.npz").is_file()
     manifest = json.loads((folder / "pool.json").read_text())
     assert manifest["train_samples"] == TRAIN and len(manifest["seeds"]) == REFERENCES == len(set(manifest["seeds"]))
