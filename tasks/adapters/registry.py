@@ -75,6 +75,8 @@ RETRAIN_PREFIX = "retrain."
 PROMOTION_PREFIX = "promotion."
 # What a review reads to pick and judge its gates (`tasks.production.gates.Evidence`): the request kind
 # ("sample" | "class_wise"), the batch's forget-set size, and its audit figures (`unlearn.audit.AuditFigures`).
+# The ledger batches an unlearned version forgot (its own last): every one since its parent champion's.
+FORGETS_BATCHES_TAG = "forgets.batches"
 DELETION_KIND_TAG = "deletion.kind"
 FORGET_SAMPLES_TAG = "forget.samples"
 AUDIT_PREFIX = "audit."
@@ -694,7 +696,8 @@ class RequestHistory:
     Attributes:
         sample_ids / ledger_batches: what the deletion ledger at `ledger_path` records of the request.
         champion: the version in service now (None: no champion).
-        versions: the versions that forgot it, oldest first (normally exactly one).
+        versions: the versions that forgot it, oldest first: its batch's, and later ones unlearned from a
+            champion that had not forgotten it yet (the lineage is cumulative).
     """
 
     model: str
@@ -895,8 +898,8 @@ def render_request_history(found: RequestHistory) -> str:
     if len(found.versions) > 1:
         listed = ", ".join(f"v{version.version}" for version in found.versions)
         lines.append(
-            f"warning: request {found.request_id} is named by {len(found.versions)} versions ({listed}); "
-            "each request should be forgotten by exactly one"
+            f"request {found.request_id} is forgotten by {len(found.versions)} versions ({listed}): its batch's, "
+            "and each later one unlearned from a champion that had not forgotten it yet"
         )
     for version in found.versions:
         lines += _version_lines(found, version)

@@ -1110,6 +1110,10 @@ class Inbox:
                 return Location(state)
         return None
 
+    def request_ids(self) -> list[str]:
+        """Every request id this inbox has accepted or reserved, sorted (each keeps a marker in `ids/` for ever)."""
+        return sorted(name for name, kind in self.store.entries("ids") if kind == FILE and is_valid_id(name))
+
     def rejection_reason(self, request_id: str) -> str | None:
         """Why a rejected request was rejected (at most 300 bytes); None if it was not."""
         key = f"rejected/{check_id(request_id)}.reason.txt"

@@ -92,6 +92,7 @@ class Candidate:
     model: nn.Module
     masks: Masks
     champion_checkpoint: Path  # the verified checkpoint it was unlearned from (the audit scores it too)
+    batches: tuple[str, ...] = ()  # the ledger batches it forgot: every one since its champion's (this one last)
 
 
 def inbox_of(params: Params) -> Inbox:
@@ -251,7 +252,8 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
     champion_path = registry.verify_checkpoint(champion, registry.checkpoint_path(champion))
     model, checkpoint = load_model(champion_path)
     data = split.data
-    forget_ids = ledger.sample_ids_of(batches_since(ledger, forgotten_through(champion)))
+    batches = tuple(batches_since(ledger, forgotten_through(champion)))
+    forget_ids = ledger.sample_ids_of(batches)
     forget_set = data.train.subset(resolve_ids(data.train, forget_ids))
     method, path = params.deletion.method, layout.batch_model_path(batch.batch_id)
     result = unlearn_checkpoint(
@@ -260,7 +262,9 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
         batch_id=batch.batch_id, parent_version=str(champion.version), split_digest=split.split.digest(),
         request_ids=batch.request_ids,
     )  # fmt: skip
-    return Candidate(path, result.seconds, str(champion.version), method, result.model, checkpoint.masks, champion_path)
+    return Candidate(
+        path, result.seconds, str(champion.version), method, result.model, checkpoint.masks, champion_path, batches
+    )
 
 
 def forgotten_through(version) -> str | None:
@@ -336,9 +340,15 @@ def register_candidate(
     dvc_digests: dict[str, str],
     batch_audit: BatchAudit | None = None,
 ):
-    """Register the unlearned model as `candidate`, tagged with its lineage, its request kind and its audit."""
+    """Register the unlearned model as `candidate`, tagged with its lineage, its request kind and its audit.
+
+    The lineage is cumulative: `request_ids` names every request the candidate forgot, this batch's
+    and those of every earlier batch its champion had not forgotten (`Candidate.batches`), so a
+    promotion of any version leaves the champion's record whole.
+    """
+    batches = candidate.batches or (batch.batch_id,)
     lineage = registry.Lineage(
-        request_ids=tuple(batch.request_ids),
+        request_ids=forgotten_requests(ledger, batches, batch.request_ids),
         batch_id=batch.batch_id,
         ledger_digest=ledger.digest(),
         split_digests=split.split.digests(),
@@ -349,6 +359,7 @@ def register_candidate(
     )
     tags = {
         **dvc_digests,
+        registry.FORGETS_BATCHES_TAG: ",".join(batches),
         "deletion.rejected": ",".join(sorted(batch.rejected)),
         registry.DELETION_KIND_TAG: request_kind(split),
         registry.FORGET_SAMPLES_TAG: str(len(split.split.forget)),
@@ -383,6 +394,14 @@ def attach_review(params: Params, batch: Batch, version) -> str:
         REVIEW_TAG: verdict, registry.REVIEW_EVIDENCE_TAG: evidence, "review.artifacts": uri,
     })  # fmt: skip
     return verdict
+
+
+def forgotten_requests(ledger: Ledger, batches: tuple[str, ...], own: list[str]) -> tuple[str, ...]:
+    """The requests of the ledger's `batches`, in ledger order; the batch's own accepted ones last if not recorded."""
+    wanted = set(batches)
+    found = dict.fromkeys(row.request_id for row in ledger.rows if row.batch_id in wanted)
+    found.update(dict.fromkeys(own))
+    return tuple(found)
 
 
 def finish(params: Params, batch: Batch) -> None:

@@ -410,3 +410,42 @@ def test_train_original_on_an_empty_registry_leaves_out_every_ledger_sample(proj
         _, checkpoint = load_model(path)
         assert checkpoint.metadata["split_digest"] == Manifest.of(data.train, kept).digest()
     assert deletion.batches_since(Ledger.load(ledger_path), deletion.forgotten_through(champion)) == []
+
+
+def test_three_requests_in_two_batches_tell_their_true_state_after_the_second_is_promoted(project, params_path):
+    """Done is not forgotten: a request is `forgotten` only once the champion descends from a version that forgot it.
+
+    Batch 2 is unlearned from the champion, which had forgotten neither batch, so its version forgets all
+    three requests; promoting it (batch 1's version never promoted) leaves the champion's record whole.
+    """
+    from flows.deletion_batch import deletion_batch
+    from tasks.adapters.params import load_params
+    from tasks.production.lifecycle import FORGOTTEN, UNLEARNED, request_states
+    from tasks.production.promotion import promote
+
+    params = load_params(params_path)
+    submit(params_path, "req-one", ["digits/train/00040"])
+    submit(params_path, "req-two", ["digits/train/00041", "digits/train/00042"])
+    first = deletion_batch(params_path)
+    submit(params_path, "req-three", ["digits/train/00043"])
+    states = {s.request_id: s.state for s in request_states(params)}
+    assert states == {"req-one": UNLEARNED, "req-two": UNLEARNED, "req-three": "pending"}
+    second = deletion_batch(params_path)
+    name, original = second["model"], registry.version_by_alias(second["model"], registry.CHAMPION)
+    v2 = registry.get_version(name, second["version"])
+    assert set(v2.tags[registry.REQUEST_IDS_TAG].split(",")) == {"req-one", "req-two", "req-three"}
+    assert v2.tags[registry.FORGETS_BATCHES_TAG] == f"{first['batch_id']},{second['batch_id']}"
+    before = {s.request_id: s for s in request_states(params)}
+    assert before["req-one"].state == UNLEARNED and before["req-one"].unlearned_in == first["version"]
+    assert before["req-one"].version == second["version"] and before["req-one"].champion == str(original.version)
+    try:
+        promote(second["version"], "ana", "batch 2 reviewed", force=True, name=name, gates=params.promote)
+        after = {s.request_id: s for s in request_states(params)}
+        assert {s.state for s in after.values()} == {FORGOTTEN}
+        assert {s.champion for s in after.values()} == {second["version"]}
+        assert after["req-one"].reviewer == "ana" and after["req-one"].forced is True
+        assert "forgotten by champion v" in after["req-one"].line()
+        lineage = registry.history(name)
+        assert {"req-one", "req-two", "req-three"} <= {r for entry in lineage for r in entry.request_ids}
+    finally:  # the module's other tests unlearn from the original champion
+        tracking.client().set_registered_model_alias(name, registry.CHAMPION, str(original.version))

@@ -204,7 +204,7 @@ def test_a_request_is_in_service_only_once_the_champion_descends_from_its_versio
     assert registry.ancestors(NAME, "3") == ["3", "2", "1"]
 
 
-def test_a_request_named_by_two_versions_lists_both_and_survives_a_missing_audit(store, tmp_path):
+def test_a_request_forgotten_by_two_versions_lists_both_and_survives_a_missing_audit(store, tmp_path):
     ledger = Ledger.load(tmp_path / "ledger.csv")
     ledger.extend("b-1", [DeletionRequest(request_id="r-1", sample_ids=[sample(1)], received_at=T0)]).save()
     for parent in ("1", "2"):  # registered without a logged model: no artefacts at all, no audit tags
@@ -215,5 +215,5 @@ def test_a_request_named_by_two_versions_lists_both_and_survives_a_missing_audit
     assert [v.version for v in found.versions] == ["1", "2"] and found.champion is None
     assert all(v.samples is None and not v.audit and not v.in_service for v in found.versions)
     text = registry.render_request_history(found)
-    assert text.startswith("warning: request r-1 is named by 2 versions (v1, v2)")
+    assert text.startswith("request r-1 is forgotten by 2 versions (v1, v2): its batch's, and each later one")
     assert text.count("batch: not audited") == 2 and "in service: no (no champion)" in text
