@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tasks.adapters import layout, registry, tracking
+from tasks.adapters import dvc_branch, layout, registry, tracking
 from tasks.adapters.expectations import validate_against
 from tasks.adapters.ledger import Ledger, batch_split, validate_batch
 from tasks.adapters.params import Params, method_config
@@ -213,8 +213,36 @@ def write_split(params: Params, batch: Batch, ledger: Ledger, data: DataBundle) 
 
 
 def version_split(params: Params, batch_split_: BatchSplit) -> dict[str, str]:
-    """`dvc add` the batch's split and the ledger, and push them to the default remote."""
-    return dvc_add([batch_split_.folder, params.deletion.ledger], params.deletion.dvc_push)
+    """`dvc add` the batch's split and the ledger, push them, and commit their `.dvc` files on the DVC branch.
+
+    Returns the md5s and the commit (`dvc.commit`) for the registry version, which `restore_batch` reads.
+    """
+    targets = [batch_split_.folder, Path(params.deletion.ledger)]
+    digests = dvc_add(targets, params.deletion.dvc_push)
+    if not dvc_branch.is_git_project():
+        log.warning("the project is no git repository: batch %s's .dvc files are not committed anywhere",
+                    batch_split_.folder.name)  # fmt: skip
+        return digests
+    commit = dvc_branch.record([f"{target}.dvc" for target in targets], f"deletion batch {batch_split_.folder.name}")
+    return {**digests, dvc_branch.COMMIT_TAG: commit}
+
+
+def restore_batch(params: Params, batch_id: str, pull: bool = True) -> list[Path]:
+    """Bring a batch's split back (and the ledger as it was after it, where the ledger is missing).
+
+    Reads the DVC-branch commit its registry version records, writes the `.dvc` files back and
+    `dvc pull`s them (`pull=False`: from the local cache). Never overwrites an existing ledger.
+    """
+    found = registry.versions_of_batch(model_name(params), batch_id)
+    commit = found[0].tags.get(dvc_branch.COMMIT_TAG) if found else None
+    if not commit:
+        raise dvc_branch.DvcBranchError(f"no registry version of batch {batch_id} records a {dvc_branch.COMMIT_TAG}")
+    files = [f"{layout.batch_split_dir(batch_id)}.dvc"]
+    ledger = Path(params.deletion.ledger)
+    if not ledger.exists():
+        files.append(f"{ledger}.dvc")
+    restored = dvc_branch.restore(commit, files, pull=pull)
+    return [Path(str(path).removesuffix(".dvc")) for path in restored]
 
 
 def model_name(params: Params) -> str:

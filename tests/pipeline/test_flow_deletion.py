@@ -449,3 +449,32 @@ def test_three_requests_in_two_batches_tell_their_true_state_after_the_second_is
         assert {"req-one", "req-two", "req-three"} <= {r for entry in lineage for r in entry.request_ids}
     finally:  # the module's other tests unlearn from the original champion
         tracking.client().set_registered_model_alias(name, registry.CHAMPION, str(original.version))
+
+
+def test_a_batch_is_restored_from_what_its_registry_version_records_after_the_working_copy_is_wiped(params_path):
+    """The batch's .dvc files live on the DVC branch; with them wiped, the cache emptied, the remote brings it back."""
+    import shutil
+
+    from flows.deletion_batch import deletion_batch
+    from tasks.adapters import dvc_branch
+    from tasks.adapters.params import load_params
+
+    params = load_params(params_path)
+    submit(params_path, "req-restore", ["digits/train/00050", "digits/train/00051"])
+    result = deletion_batch(params_path)
+    version = registry.get_version(result["model"], result["version"])
+    commit = version.tags[dvc_branch.COMMIT_TAG]
+    folder, ledger = Path(f"data/splits/batches/{result['batch_id']}"), Path(params.deletion.ledger)
+    files = {path: path.read_bytes() for path in [*sorted(folder.iterdir()), ledger]}
+    assert f"{folder}.dvc" in dvc_branch.files_in(commit, "data/splits/batches")
+    branch_head = subprocess.run(["git", "rev-parse", dvc_branch.DVC_BRANCH], capture_output=True, text=True)
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], capture_output=True, text=True).stdout
+    assert branch_head.stdout.strip() and not staged.strip()  # the working branch's index is untouched
+
+    shutil.rmtree(folder)
+    for path in (Path(f"{folder}.dvc"), ledger, Path(f"{ledger}.dvc")):
+        path.unlink()
+    shutil.rmtree(".dvc/cache")
+    restored = deletion.restore_batch(params, result["batch_id"])
+    assert sorted(restored) == sorted([folder, ledger])
+    assert {path: path.read_bytes() for path in files} == files
