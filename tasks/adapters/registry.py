@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -35,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
 from tasks.adapters import tracking
@@ -86,6 +88,11 @@ REVIEW_EVIDENCE_TAG = "review.evidence"
 # The review artefacts logged with a version (`log_version_artifacts`), among them the per-sample audit.
 REVIEW_ARTIFACTS = "review"
 AUDIT_TABLE = "audit.csv"
+# A version whose model files a purge deleted (`tasks.production.purge`): `purged` "true" (set last, once
+# its files are gone), `purged.at`, `.reason`, `.policy`, `.batches` (the ledger batches it held samples
+# of). Its other tags (lineage, metrics, promotion) and its review artefacts stay.
+PURGED_TAG = "purged"
+PURGED_PREFIX = "purged."
 MODEL_ARTIFACT = "model"
 # torch.export's graph format: loading runs no pickled code (as checkpoints load with
 # weights_only=True) and needs no `unlearn` package. ~3 s to log a digits model here;
@@ -298,9 +305,47 @@ def register_version(
     store = store or tracking.client()
     _ensure_registered_model(store, name, {k: tags[k] for k in ("dataset", "arch") if k in tags})
     clean = tracking.sanitize(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
-    return store.create_model_version(
+    version = store.create_model_version(
         name, source, run_id=run_id, tags=clean, description=description, model_id=model_id
     )
+    if model_id:  # the logged model's page names its versions (as `mlflow.register_model` does)
+        _link_logged_model(store, model_id, name, str(version.version))
+    return version
+
+
+def _link_logged_model(store: MlflowClient, model_id: str, name: str, version: str) -> None:
+    entry = {"name": name, "version": version}
+    existing = json.loads(store.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if entry not in existing:
+        store.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*existing, entry])})
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The id of the logged model behind a version (MLflow 3: `models:/m-<id>`); None where it has none."""
+    model_id = version.model_id or (version.source or "").removeprefix("models:/")
+    return model_id if model_id.startswith("m-") else None
+
+
+def version_metrics(version: ModelVersion, store: MlflowClient | None = None) -> dict[str, float]:
+    """A version's metrics: those of its logged model (latest value of each), over any `metrics.*` tags.
+
+    Versions registered before metrics moved onto the logged model (and versions with no logged
+    model) carry them as tags.
+    """
+    metrics = tag_metrics(version.tags)
+    model_id = logged_model_id(version)
+    if model_id is None:
+        return metrics
+    store = store or tracking.client()
+    try:
+        logged = store.get_logged_model(model_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        return metrics
+    for metric in sorted(logged.metrics or [], key=lambda m: (m.timestamp, m.step)):
+        metrics[metric.key] = float(metric.value)
+    return metrics
 
 
 def _register_checkpoint(
@@ -311,8 +356,11 @@ def _register_checkpoint(
     example_inputs: torch.Tensor | None,
     checkpoint: Checkpoint,
     experiment: str | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> ModelVersion:
     """Log and register a checkpoint (read once, by the caller) inside the active run (or a new `register` run).
+
+    `metrics` become metrics of the logged model (and of the run), which the version's page shows.
 
     The registry needs a run whether tracking is enabled or not (see `tasks.adapters.tracking`): its own
     goes to `experiment` and carries the batch id, so `tasks.production.deletion.close_interrupted` finds it.
@@ -327,6 +375,8 @@ def _register_checkpoint(
     )
     with run:
         info, model = log_checkpoint_model(checkpoint_path, example_inputs, checkpoint)
+        if metrics:
+            mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, model_id=info.model_id)
         all_tags = {
             KIND_TAG: kind,
             "dataset": meta["dataset"],
@@ -358,7 +408,7 @@ def register_original(
     """Register an original model (dense, or sparse with `parent_version` its dense original).
 
     Args:
-        metrics: its TA (and whatever else was measured), kept as `metrics.*` tags.
+        metrics: its TA (and whatever else was measured): metrics of its logged model (`version_metrics`).
         champion: make it the first champion; refused if the registered model has one.
         experiment: the experiment of its own `register` run, where no run is active (callers
             pass `params.tracking.experiment`); None: MLFLOW_EXPERIMENT_NAME, else `unlearn`.
@@ -366,7 +416,7 @@ def register_original(
     checkpoint = load_checkpoint(checkpoint_path)
     if champion:
         _require_no_champion(model_name(checkpoint.metadata["dataset"], checkpoint.metadata["arch"]))
-    version_tags = {**metric_tags(metrics or {}), **(tags or {})}
+    version_tags = dict(tags or {})
     if parent_version is not None:
         version_tags[PARENT_TAG] = str(parent_version)
     version = _register_checkpoint(
@@ -377,6 +427,7 @@ def register_original(
         example_inputs,
         checkpoint,
         experiment=experiment,
+        metrics=metrics,
     )
     if champion:
         _bootstrap_champion(version)
@@ -398,12 +449,13 @@ def register_unlearned(
     """Register an unlearned model tagged with the requests it forgot, and point `alias` at it.
 
     Args:
-        metrics: UA (on the batch's forget set), MIA_efficacy, RA, TA, RTE_seconds, ...
+        metrics: UA (on the batch's forget set), MIA_efficacy, RA, TA, RTE_seconds, ...: metrics of its
+            logged model (`version_metrics`); the retrained reference's stay `retrain.*` tags.
         retrain_metrics / retrain_version: the retrained reference, where the policy asks for one.
         alias: `candidate` (awaiting review) by default; another alias, or None for none.
         experiment: the experiment of its own `register` run, where no run is active (see `register_original`).
     """
-    version_tags = {**lineage.tags(), **metric_tags(metrics), **(tags or {})}
+    version_tags = {**lineage.tags(), **(tags or {})}
     version_tags.update(metric_tags(retrain_metrics or {}, RETRAIN_PREFIX))
     if retrain_version is not None:
         version_tags[RETRAIN_VERSION_TAG] = str(retrain_version)
@@ -413,7 +465,14 @@ def register_unlearned(
     )
     checkpoint = load_checkpoint(checkpoint_path)
     version = _register_checkpoint(
-        checkpoint_path, UNLEARNED, version_tags, description, example_inputs, checkpoint, experiment=experiment
+        checkpoint_path,
+        UNLEARNED,
+        version_tags,
+        description,
+        example_inputs,
+        checkpoint,
+        experiment=experiment,
+        metrics=metrics,
     )
     if alias is not None:
         tracking.client().set_registered_model_alias(version.name, alias, str(version.version))
@@ -444,7 +503,11 @@ def versions_of_batch(name: str, batch_id: str, store: MlflowClient | None = Non
 
 def checkpoint_path(version: ModelVersion) -> Path:
     """The checkpoint (weights, masks, metadata) logged with a registry version, downloaded."""
-    model_id = version.model_id or version.source.removeprefix("models:/")  # source: models:/m-<id>
+    model_id = logged_model_id(version)
+    if model_id is None:
+        raise VersionNotFoundError(
+            f"version {version.version} of {version.name} has no logged model to hold a checkpoint"
+        )
     location = tracking.client().get_logged_model(model_id).artifact_location
     folder = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/extra_files")
     found = sorted(Path(folder).glob("*.pt"))
@@ -499,7 +562,7 @@ def log_version_artifacts(version: ModelVersion, folder: str | Path, artifact_pa
 
     Returns their artifact URI.
     """
-    model_id = version.model_id or version.source.removeprefix("models:/")
+    model_id = logged_model_id(version)
     store = tracking.client()
     store.log_model_artifacts(model_id, str(folder), artifact_path)
     return f"{store.get_logged_model(model_id).artifact_location}/{artifact_path}"
@@ -544,6 +607,7 @@ class HistoryEntry:
     reviewer: str
     forced: bool
     aliases: tuple[str, ...]
+    purged_at: str = ""  # when a purge deleted its model files ("" while they exist)
 
     def line(self) -> str:
         """`v3  unlearned  l1_sparse  batch b-2  promoted ... by ana  requests: r1, r2` style."""
@@ -554,9 +618,10 @@ class HistoryEntry:
         )
         aliases = f" [{', '.join(self.aliases)}]" if self.aliases else ""
         requests = ", ".join(self.request_ids) or "-"
+        purged = f"  PURGED {self.purged_at}" if self.purged_at else ""
         return (
             f"v{self.version}{aliases}  {self.kind}  {self.method or '-'}  batch {self.batch_id or '-'}  "
-            f"{promoted}  requests: {requests}"
+            f"{promoted}  requests: {requests}{purged}"
         )
 
 
@@ -573,6 +638,7 @@ def _entry(version: ModelVersion) -> HistoryEntry:
         tags.get(f"{PROMOTION_PREFIX}reviewer", ""),
         tags.get(f"{PROMOTION_PREFIX}forced") == "true",
         tuple(version.aliases),
+        tags.get(f"{PURGED_PREFIX}at", "") if tags.get(PURGED_TAG) == "true" else "",
     )
 
 
@@ -729,7 +795,7 @@ def _request_samples(
     """The request's rows of the version's review audit.csv, and a note on what is missing."""
     if not sample_ids:
         return None, "the ledger records no samples for this request"
-    model_id = version.model_id or version.source.removeprefix("models:/")
+    model_id = logged_model_id(version)
     try:
         location = store.get_logged_model(model_id).artifact_location
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{REVIEW_ARTIFACTS}/{AUDIT_TABLE}")

@@ -130,6 +130,11 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+# The MLflow UI opens an experiment on the view its kind names; unset, it may guess the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def ensure_experiment(name: str | None = None) -> str:
     """Point MLflow at the configured store and return the id of experiment `name`, creating it."""
     name = name or experiment_name()
@@ -144,8 +149,12 @@ def ensure_experiment(name: str | None = None) -> str:
                 f"restore --experiment-id {existing.experiment_id}`) or set MLFLOW_EXPERIMENT_NAME"
             )
         if existing is not None:
+            if existing.tags.get(EXPERIMENT_KIND_TAG) is None:
+                store.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return existing.experiment_id
-        return store.create_experiment(name, artifact_location=artifact_location(name, uri))
+        return store.create_experiment(
+            name, artifact_location=artifact_location(name, uri), tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
     except MlflowException as error:
         if error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # created meanwhile
             return store.get_experiment_by_name(name).experiment_id

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from tasks.adapters import tracking
-from tasks.adapters.params import PARAMS_FILE, GateParams, load_params
+from tasks.adapters.params import PARAMS_FILE, GateParams, Params, load_params
 from tasks.adapters.registry import (
     AUDIT_PREFIX,
     BATCH_TAG,
@@ -31,6 +31,8 @@ from tasks.adapters.registry import (
     METHOD_TAG,
     PARENT_TAG,
     PROMOTION_PREFIX,
+    PURGED_PREFIX,
+    PURGED_TAG,
     REQUEST_COUNT_TAG,
     REQUEST_IDS_TAG,
     RETRAIN_PREFIX,
@@ -43,6 +45,7 @@ from tasks.adapters.registry import (
     record_promotion,
     tag_metrics,
     version_by_alias,
+    version_metrics,
 )
 from tasks.production.gates import Evidence, GateResult, check_gates, insufficient_evidence
 from unlearn.audit import AuditError, AuditFigures
@@ -145,7 +148,7 @@ def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, fl
     reference = tag_metrics(version.tags, RETRAIN_PREFIX)
     if reference or RETRAIN_VERSION_TAG not in version.tags:
         return reference
-    return tag_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store).tags)
+    return version_metrics(get_version(version.name, version.tags[RETRAIN_VERSION_TAG], store), store)
 
 
 def evidence_of(
@@ -165,8 +168,8 @@ def evidence_of(
         raise PromotionError(f"{where}: its {AUDIT_PREFIX}* tags are unreadable: {error}") from error
     return Evidence(
         kind=tags.get(DELETION_KIND_TAG, "sample"),
-        metrics=tag_metrics(tags),
-        champion=tag_metrics(champion.tags) if champion else None,
+        metrics=version_metrics(version),
+        champion=version_metrics(champion) if champion else None,
         retrain=retrain or None,
         forget_samples=int(samples) if samples is not None else None,
         audit=audit,
@@ -191,7 +194,7 @@ def review(
     else:
         candidate = get_version(name, version, store)
     champion = version_by_alias(name, CHAMPION, store)
-    ours, theirs = tag_metrics(candidate.tags), tag_metrics(champion.tags) if champion else None
+    ours, theirs = version_metrics(candidate, store), version_metrics(champion, store) if champion else None
     retrain = _retrain_metrics(candidate, store)
     table = {
         metric: {
@@ -261,8 +264,14 @@ def promote(
     name: str,
     gates: GateParams | None = None,
     store: MlflowClient | None = None,
+    params: Params | None = None,
 ) -> Promotion:
-    """Make `version` the champion if it passes the gates (or `force` with a reason); record who and why."""
+    """Make `version` the champion if it passes the gates (or `force` with a reason); record who and why.
+
+    Args:
+        params: with `retention.purge: on_promotion`, purge right after the champion moved
+            (`tasks.production.purge.purge_after_promotion`); None: no purge here.
+    """
     store = store or tracking.client()
     if not reviewer.strip():
         raise PromotionError("a promotion needs a reviewer: pass --reviewer NAME")
@@ -271,6 +280,11 @@ def promote(
     result = review(version, name=name, gates=gates, store=store)
     if result.champion == result.version:
         raise PromotionError(f"{name} version {result.version} is already the champion")
+    if result.tags.get(PURGED_TAG) == "true":
+        raise PromotionError(
+            f"{name} version {result.version} was purged {result.tags.get(f'{PURGED_PREFIX}at', '')}: its model "
+            "files are deleted (it held deleted samples), so it can never serve again"
+        )
     if result.failed and not force:
         names = ", ".join(gate.name for gate in result.failed)
         details = "; ".join(gate.line() for gate in result.failed)
@@ -307,6 +321,10 @@ def promote(
         promotion.reviewer,
         " (forced)" if force else "",
     )
+    if params is not None:
+        from tasks.production.purge import purge_after_promotion
+
+        purge_after_promotion(params, promotion)
     return promotion
 
 

@@ -6,6 +6,7 @@ ledger (its own params file), so batches do not interfere.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -94,8 +95,10 @@ def test_happy_path_registers_a_candidate_with_its_lineage(params_path):
     assert set(version.tags[registry.REQUEST_IDS_TAG].split(",")) == {"req-a", "req-b"}
     assert version.tags[registry.BATCH_TAG] == result["batch_id"]
     assert version.tags[registry.LEDGER_TAG] and version.tags[registry.PARENT_TAG]
-    assert 0 <= float(version.tags["metrics.UA"]) <= 100
-    assert "metrics.UA_cumulative" in version.tags
+    metrics = registry.version_metrics(version)  # metrics of the logged model, not tags
+    assert 0 <= metrics["UA"] <= 100 and "UA_cumulative" in metrics and "metrics.UA" not in version.tags
+    logged = tracking.client().get_logged_model(registry.logged_model_id(version))  # it names its version
+    assert {"name": version.name, "version": str(version.version)} in json.loads(logged.tags["mlflow.modelVersions"])
     # audited against the champion's pool, kind and size recorded, the review attached
     assert version.tags[registry.DELETION_KIND_TAG] == "sample" and version.tags[registry.FORGET_SAMPLES_TAG] == "3"
     assert version.tags["audit.samples"] == "3" and version.tags["audit.references"] == "4"

@@ -452,7 +452,7 @@ def deletion_flow(monkeypatch, digits):
 
     seen = {}
 
-    def register(params, batch, ledger, split, candidate, metrics, reference, digests):
+    def register(params, batch, ledger, split, candidate, metrics, reference, digests, audited):
         active = mlflow.active_run()
         seen["active_run"] = None if active is None else active.info.run_id
         return SimpleNamespace(version="1", name="unlearn-digits-digits_resnet")
@@ -461,7 +461,9 @@ def deletion_flow(monkeypatch, digits):
         "existing_candidate": lambda params, batch: None,
         "unlearn_champion": lambda params, batch, ledger, split: "candidate",
         "evaluate_candidate": lambda params, split, candidate: {"UA": 99.0, "TA": 95.0},
+        "audit_candidate": lambda params, batch, ledger, split, candidate: None,
         "register_candidate": register,
+        "attach_review": lambda params, batch, version: "not promotable",
     }.items():
         monkeypatch.setattr(deletion_batch, step, stand_in)
     batch = SimpleNamespace(batch_id="batch-house")
