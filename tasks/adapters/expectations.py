@@ -9,17 +9,27 @@ set's row" is a column-pair expectation rather than an in-set check against ever
 Every expectation has a readable description. A failing suite raises `SplitValidationError`
 naming each failed expectation, after the report (reports/validation/<scenario>.json, with a
 markdown summary beside it) is written.
+
+Saving a report also publishes it to a file-backed GX context: a scenario's to the study's
+(`layout.GX_CONTEXT`, gx/), a deletion batch's to its own (gx/batches/<batch id>/). Each part's
+suite is stored as `expectations/<name>/<part>.json`, each part's result in
+`uncommitted/validations/`, and the context's Data Docs site (gx/uncommitted/data_docs/local_site/
+index.html, `layout.DATA_DOCS_INDEX`) is rebuilt for them; validating a name again replaces its
+earlier results. `data_docs(scenario)` and `batch_data_docs(batch_id)` find the pages.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tasks.adapters import layout
 from tasks.adapters.params import Scenario
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.splits import Manifest, Split
@@ -29,6 +39,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 PARTS = ("retain", "forget", "test", "train")
 _LIST_LIMIT = 10  # list items kept in a report's kwargs and observed values
+_ID_NAMESPACE = uuid.UUID("5b0b6a52-6f0e-4d1c-9a57-1d8c2f3e4b61")  # of the stored suites' and expectations' ids
 
 
 class SplitValidationError(UnlearnError, ValueError):
@@ -104,8 +115,22 @@ class ExpectationResult:
 
 
 @dataclass(frozen=True)
+class SuiteRun:
+    """One part's GX run, as GX has it: the suite, the stored result's key and the result itself."""
+
+    part: str
+    suite: Any  # gx.ExpectationSuite
+    key: Any  # ValidationResultIdentifier
+    result: Any  # ExpectationSuiteValidationResult
+
+
+@dataclass(frozen=True)
 class ValidationReport:
-    """The suite's verdict on one split, with the split's digests."""
+    """The suite's verdict on one split, with the split's digests.
+
+    Not in the JSON: `runs`, GX's own suites and results, which `save` publishes to a GX context,
+    and `batch`, whether the split is a deletion batch's (validated with its earlier deletions).
+    """
 
     scenario: str
     kind: str
@@ -113,13 +138,22 @@ class ValidationReport:
     results: list[ExpectationResult]
     digests: dict[str, str]
     sizes: dict[str, int]
+    runs: tuple[SuiteRun, ...] = field(default=(), repr=False, compare=False)
+    batch: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def gx_root(self) -> Path:
+        """The GX context `save` publishes to: the study's (gx/) or the deletion batch's own (gx/batches/<id>/)."""
+        return context_root(self.scenario, self.batch)
 
     @property
     def failures(self) -> list[ExpectationResult]:
         return [result for result in self.results if not result.success]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        record = asdict(replace(self, runs=()))
+        del record["runs"], record["batch"]
+        return json.dumps(record, indent=2) + "\n"
 
     def to_markdown(self) -> str:
         """A short table of every expectation, failures first."""
@@ -134,12 +168,15 @@ class ValidationReport:
             lines.append(f"| {mark} | {result.description} | {result.expectation_type} | {column} |")
         return "\n".join(lines) + "\n"
 
-    def save(self, path: str | Path) -> Path:
-        """Write the report as JSON at `path` and as markdown beside it."""
+    def save(self, path: str | Path, gx_root: str | Path | None = None, publish: bool = True) -> Path:
+        """Write the report as JSON at `path` and as markdown beside it, then (`publish`) store its suites
+        and results in the GX context at `gx_root` (default: `self.gx_root`) and build their Data Docs."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_json())
         path.with_suffix(".md").write_text(self.to_markdown())
+        if publish and self.runs:
+            publish_report(self, self.gx_root if gx_root is None else gx_root)
         return path
 
     def raise_for_failures(self) -> None:
@@ -310,28 +347,217 @@ def gx_context():
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def run_checks(checks: Sequence[Check], frames: dict) -> list[ExpectationResult]:
-    """Run each part's checks as one GX validation definition over that part's data frame."""
+# The GX contexts: the study's (`layout.GX_CONTEXT`, gx/) and each deletion batch's own
+# (`layout.GX_BATCHES`/<batch id>/), so that publishing a batch costs the same however many came
+# before (a context's Data Docs index reads every result it holds). The config is written where
+# none is. The study's stored suites are git-tracked; results, Data Docs (uncommitted/) and the
+# batches' contexts are not.
+# Checkpoints and validation definitions are not kept: a validation is rebuilt from the split.
+_SITE = layout.DATA_DOCS.relative_to(layout.GX_CONTEXT)  # the Data Docs site, in a context
+_RESULTS = Path("uncommitted/validations")  # the stored results, in a context
+# What the site's pages use of the static assets GX copies in at every build (how-to buttons are
+# off; logos come from GX's CDN): the rest (4 MB of images and fonts) is deleted after the build.
+_STATIC_KEPT = ("images/favicon.ico", "styles/")
+_CONTEXT_CONFIG = f"""\
+# The unlearn project's Great Expectations context, written by tasks/adapters/expectations.py.
+# expectations/: every validation's suites, <name>/<part>.json (name: a scenario or a deletion batch).
+# uncommitted/: every validation's results and the Data Docs site built from them (git-ignored).
+config_version: 4
+analytics_enabled: false
+progress_bars:
+  globally: false
+  metric_calculations: false
+stores:
+  expectations_store:
+    class_name: ExpectationsStore
+    store_backend:
+      class_name: TupleFilesystemStoreBackend
+      base_directory: expectations/
+      suppress_store_backend_id: true
+  validation_results_store:
+    class_name: ValidationResultsStore
+    store_backend:
+      class_name: TupleFilesystemStoreBackend
+      base_directory: {_RESULTS.as_posix()}/
+      suppress_store_backend_id: true
+  checkpoint_store:
+    class_name: CheckpointStore
+    store_backend:
+      class_name: InMemoryStoreBackend
+  validation_definition_store:
+    class_name: ValidationDefinitionStore
+    store_backend:
+      class_name: InMemoryStoreBackend
+expectations_store_name: expectations_store
+validation_results_store_name: validation_results_store
+checkpoint_store_name: checkpoint_store
+data_docs_sites:
+  local_site:
+    class_name: SiteBuilder
+    show_how_to_buttons: false
+    store_backend:
+      class_name: TupleFilesystemStoreBackend
+      base_directory: {_SITE.as_posix()}/
+    site_index_builder:
+      class_name: DefaultSiteIndexBuilder
+"""
+
+
+def context_root(name: str, batch: bool = False) -> Path:
+    """The GX context of validation `name`: the study's, or (`batch`) the deletion batch `name`'s own."""
+    return layout.GX_BATCHES / name if batch else layout.GX_CONTEXT
+
+
+def data_context(root: str | Path = layout.GX_CONTEXT):
+    """The file-backed GX context at `root`: its great_expectations.yml is written when missing."""
     import great_expectations as gx
+
+    root = Path(root)
+    config = root / "great_expectations.yml"
+    if not config.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        config.write_text(_CONTEXT_CONFIG)
+    return gx.get_context(mode="file", context_root_dir=root)
+
+
+@dataclass(frozen=True)
+class DataDocs:
+    """One validation's Data Docs: the site's index, and per part its result's page, its suite's page
+    and the stored result (GX's JSON) the page was built from."""
+
+    index: Path
+    pages: dict[str, Path]
+    suites: dict[str, Path]
+    results: dict[str, Path]
+
+    @property
+    def site(self) -> Path:
+        """The whole static site: its pages link to one another and to static/ by relative paths."""
+        return self.index.parent
+
+
+def data_docs(name: str, root: str | Path = layout.GX_CONTEXT) -> DataDocs:
+    """The Data Docs of validation `name` in the GX context at `root` (default: the study's, for a
+    scenario); raises FileNotFoundError if that validation was not published (`ValidationReport.save`).
+
+    Each page is one HTML file (styles from public CDNs) that can be logged on its own, e.g. as an
+    MLflow artifact; `site` is the whole site.
+    """
+    import glob
+
+    root = Path(root)
+    site = root / _SITE
+    pages, suites, results = {}, {}, {}
+    for part in PARTS:
+        folder = Path(*suite_name(name, part).split("."))
+        found = sorted((site / "validations" / folder).glob(f"{glob.escape(name)}/*/*.html"))
+        if found:  # one per part (publishing replaces earlier results), else the latest
+            pages[part] = found[-1]
+            suites[part] = (site / "expectations" / folder).with_suffix(".html")
+            results[part] = (root / _RESULTS / found[-1].relative_to(site / "validations")).with_suffix(".json")
+    if not pages or not (site / "index.html").exists():
+        raise FileNotFoundError(f"no Data Docs of validation {name!r} in {site}: validate it first")
+    return DataDocs(site / "index.html", pages, suites, results)
+
+
+def batch_data_docs(batch_id: str) -> DataDocs:
+    """A deletion batch's Data Docs, in its own context: `site` holds that batch's pages only (its
+    index, a result page and a suite page per part: about 0.3 MB), to log whole to the batch's run."""
+    return data_docs(batch_id, context_root(batch_id, batch=True))
+
+
+def publish_report(report: ValidationReport, root: str | Path | None = None) -> DataDocs:
+    """Store the report's suites and results in the GX context at `root` (default: `report.gx_root`)
+    and build their Data Docs.
+
+    Earlier results of the same validation (name) are removed first, and their pages with them, so
+    each suite has one result: the latest. Only the new pages and the index are rendered.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    root = report.gx_root if root is None else Path(root)
+    context = data_context(root)
+    store = context.validation_results_store
+    names = {suite_name(report.scenario, part) for part in PARTS}
+    for key in store.list_keys():
+        if key.expectation_suite_identifier.name in names:
+            store.remove_key(key)
+    resources = []
+    for run in report.runs:  # the suite as it ran, ids and all (`context.suites` would renumber them)
+        suite = ExpectationSuiteIdentifier(name=run.suite.name)
+        context.expectations_store.set(suite, gx.ExpectationSuite(**run.suite.to_json_dict()))
+        store.set(run.key, run.result)
+        resources += [suite, run.key]
+    context.build_data_docs(resource_identifiers=resources)
+    _trim_static(root / _SITE / "static")
+    return data_docs(report.scenario, root)
+
+
+def _trim_static(static: Path) -> None:
+    for path in sorted(static.rglob("*"), reverse=True):  # files before their folders
+        relative = path.relative_to(static).as_posix()
+        if path.is_file() and not any(relative == kept or relative.startswith(kept) for kept in _STATIC_KEPT):
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def suite_name(name: str, part: str) -> str:
+    """The GX suite of `part` in validation `name` (a scenario, a batch id): expectations/<name>/<part>.json."""
+    return f"{name}.{part}"
+
+
+def _stable_id(*parts: str) -> str:
+    """The same id for the same suite or expectation every run, so a stored suite changes only with its checks."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\0".join(parts)))
+
+
+def _configuration(gx, check: Check) -> dict:
+    expectation = getattr(gx.expectations, check.expectation)(description=check.description, **check.kwargs)
+    return expectation.configuration.to_json_dict()
+
+
+def run_suites(checks: Sequence[Check], frames: dict, name: str = "split") -> tuple[list[ExpectationResult],
+                                                                                   tuple[SuiteRun, ...]]:  # fmt: skip
+    """Run each part's checks as one GX validation definition over that part's data frame, all as one
+    GX run named `name`: the results, and GX's own suites and results (to publish)."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     context = gx_context()
     source = context.data_sources.add_pandas("split")
-    results = []
+    run_id = RunIdentifier(run_name=name, run_time=datetime.datetime.now(datetime.UTC))
+    results, runs = [], []
     for part in PARTS:
-        expectations = [
-            getattr(gx.expectations, check.expectation)(description=check.description, **check.kwargs)
+        suite_id = suite_name(name, part)
+        expectations = [  # as configurations: a suite takes no Expectation with an id
+            _configuration(gx, check) | {"id": _stable_id(suite_id, check.expectation, check.description)}
             for check in checks
             if check.part == part
         ]
         if not expectations:
             continue
-        suite = context.suites.add(gx.ExpectationSuite(name=part, expectations=expectations))
+        # Set in the store as it is: `context.suites.add` would give the suite and each expectation a random id.
+        suite = gx.ExpectationSuite(name=suite_id, expectations=expectations, id=_stable_id(suite_id))
+        context.expectations_store.set(ExpectationSuiteIdentifier(name=suite_id), suite)
+        suite = context.suites.get(suite_id)
         batch = source.add_dataframe_asset(part).add_batch_definition_whole_dataframe(part)
         definition = gx.ValidationDefinition(name=part, data=batch, suite=suite)
         definition = context.validation_definitions.add(definition)
-        outcome = definition.run(batch_parameters={"dataframe": frames[part]}, result_format="SUMMARY")
+        outcome = definition.run(batch_parameters={"dataframe": frames[part]}, result_format="SUMMARY",
+                                 run_id=run_id)  # fmt: skip
+        [key] = [key for key in context.validation_results_store.list_keys()
+                 if key.expectation_suite_identifier.name == suite_id]  # fmt: skip
+        runs.append(SuiteRun(part, suite, key, outcome))
         results += [_result(part, result) for result in outcome.results]
-    return results
+    return results, tuple(runs)
+
+
+def run_checks(checks: Sequence[Check], frames: dict) -> list[ExpectationResult]:
+    """Run each part's checks as one GX validation definition over that part's data frame."""
+    return run_suites(checks, frames)[0]
 
 
 def _result(part: str, outcome) -> ExpectationResult:
@@ -392,10 +618,12 @@ def validate_split(
                           None if test_ids is None else tuple(test_ids),
                           None if test_labels is None else tuple(test_labels))  # fmt: skip
     checks = plan_checks(reference, expected_for(split, reference, scenario), earlier_deletions is not None)
-    results = run_checks(checks, manifest_frames(split, reference, earlier_deletions))
+    name = name or split.scenario
+    results, runs = run_suites(checks, manifest_frames(split, reference, earlier_deletions), name)
     sizes = {part: len(getattr(split, part)) for part in ("retain", "forget", "test")}
     success = all(result.success for result in results)
-    return ValidationReport(name or split.scenario, split.scenario, success, results, split.digests(), sizes)
+    return ValidationReport(name, split.scenario, success, results, split.digests(), sizes, runs,
+                            batch=earlier_deletions is not None)  # fmt: skip
 
 
 def validate_against(

@@ -84,8 +84,33 @@ def plot_path(scenario: str, method: str) -> Path:
     return PLOTS / scenario / f"{method}.csv"
 
 
+# The headline metrics, one flat file per scenario, method and sparsity: what dvc.yaml declares as
+# DVC metrics, so `dvc metrics show` is one table (a row per file, a column per metric).
+SUMMARY = METRICS / "summary"
+
+
+def summary_dir(scenario: str, method: str) -> Path:
+    """One method's summary files in one scenario, every sparsity: what its evaluate stage writes."""
+    return SUMMARY / scenario / method
+
+
+def summary_path(scenario: str, method: str, sparsity: float) -> Path:
+    return summary_dir(scenario, method) / f"{sparsity_tag(sparsity)}.json"
+
+
 def validation_report(scenario: str) -> Path:
     return REPORTS / "validation" / f"{scenario}.json"
+
+
+# The study's Great Expectations context (tasks/adapters/expectations.py): each scenario's suites,
+# stored as expectations/<scenario>/<part>.json (git-tracked), their results and the Data Docs site
+# built from them (uncommitted/, git-ignored). Open DATA_DOCS_INDEX in a browser.
+GX_CONTEXT = Path("gx")
+DATA_DOCS = GX_CONTEXT / "uncommitted" / "data_docs" / "local_site"
+DATA_DOCS_INDEX = DATA_DOCS / "index.html"
+# Each deletion batch's own context, laid out as the study's: GX_BATCHES/<batch id>/ (git-ignored; its
+# Data Docs are for the batch's MLflow run).
+GX_BATCHES = GX_CONTEXT / "batches"
 
 
 def batch_split_dir(batch_id: str) -> Path:

@@ -1,7 +1,9 @@
 """Stage `evaluate`: UA, MIA-efficacy, RA, TA, RTE of one method in one scenario, per sparsity.
 
-Writes a DVC metrics file (mean and std over seeds per sparsity) and a DVC plot file
-(UA and MIA-efficacy against sparsity).
+Writes the method's results (mean and std over seeds per sparsity: what the report reads), a DVC
+plot file (UA, MIA-efficacy, RA, TA against sparsity) and the DVC metrics: per sparsity one flat
+file of the headline means, so `dvc metrics show` is one table, a row per scenario, method and
+sparsity.
 """
 
 from __future__ import annotations
@@ -48,11 +50,23 @@ def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dic
     return results
 
 
+def headline(summary: dict[str, float]) -> dict[str, float]:
+    """The means of the headline metrics, rounded as the report shows them (seconds to 3 decimals)."""
+    return {name: round(summary[name], 3 if name == "RTE_seconds" else 2) for name in HEADLINE_METRICS}
+
+
 def write_results(scenario: str, method: str, results: dict[str, dict[str, float]]) -> Path:
-    """The metrics JSON and the by-sparsity CSV of one method in one scenario."""
+    """The results JSON, the by-sparsity CSV and the summary files of one method in one scenario."""
     path = layout.metrics_path(scenario, method)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    folder = layout.summary_dir(scenario, method)
+    for stale in folder.glob("*.json"):  # a sparsity no longer studied leaves no row behind
+        stale.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in results.values():
+        summary = layout.summary_path(scenario, method, row["sparsity"])
+        summary.write_text(json.dumps(headline(row), indent=2) + "\n")
     layout.plot_path(scenario, method).parent.mkdir(parents=True, exist_ok=True)
     with layout.plot_path(scenario, method).open("w", newline="") as handle:
         writer = csv.writer(handle)

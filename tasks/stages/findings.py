@@ -28,7 +28,6 @@ RTE_RATIO_LIMIT = 0.25
 PAPER_BASELINES = ("ft", "ga", "ff", "iu")
 METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}  # each module's SPEC.label
 METRIC_LABELS = {name: name.replace("_", "-") for name in GAP_METRICS}  # MIA_efficacy: MIA-efficacy
-RADAR_METHODS = ("retrain", "ft", "l1_sparse")
 
 Summary = dict[str, float]  # one sparsity of one method: means, stds, seeds
 MethodResults = dict[str, Summary]  # sparsity tag -> summary
@@ -234,53 +233,138 @@ def radar_values(results: ScenarioResults, method: str, sparsity: float) -> list
     return [summary[metric] for metric in GAP_METRICS] + [min(100.0, max(0.0, efficiency))]
 
 
-def radar_figure(scenario: str, results: ScenarioResults, sparsity: float, path: Path) -> Path:
-    """The paper's Fig. 5: ℓ1-sparse vs FT vs Retrain (those in the run) on one radar."""
-    axis_names = [*METRIC_LABELS.values(), "RTE efficiency"]
-    angles = np.linspace(0, 2 * np.pi, len(axis_names), endpoint=False)
+# What the radar's spokes are (radar_values): short on the panels, spelled out in the caption.
+RADAR_SPOKES = ["UA", "MIA-eff.", "RA", "TA", "RTE eff."]
+RADAR_CAPTION = (
+    "Each panel: one method (colour) against Retrain (black, dashed) at the sparsity in its title. "
+    "Spokes UA, MIA-eff. (MIA-efficacy), RA, TA: the method's mean over seeds in %, 0 at the centre, "
+    "100 at the rim; not a gap: the closer a polygon lies to Retrain's, the closer the method is to "
+    "Retrain, and larger is not better by itself (random forgetting's Retrain has a low UA). "
+    "RTE eff. = 100 × (1 − RTE / Retrain's RTE), clipped to 0–100: larger is cheaper than Retrain "
+    "(Retrain itself: 0)."
+)
+SPARSITY_CAPTION = (
+    "Mean ± std over seeds at each sparsity studied (evenly spaced categories, not to scale); "
+    "bars clipped to 0–100%; methods side by side at each sparsity; Retrain (dashed) is the target."
+)
+
+
+def method_style(method: str, methods: list[str]) -> dict:
+    """One color per method, the same in every figure; Retrain black and dashed."""
+    if method == "retrain":
+        return {"color": "black", "linestyle": "--"}
+    others = [m for m in methods if m != "retrain"]
+    return {"color": f"C{others.index(method) % 10}", "linestyle": "-"}
+
+
+def radar_sparsities(params: Params) -> list[float]:
+    """The radar's rows: the lowest sparsity studied (dense when studied) and the highest."""
+    low, high = min(params.prune.sparsities), max(params.prune.sparsities)
+    return [low] if low == high else [low, high]
+
+
+def radar_plot(params: Params, scenario: str, results: ScenarioResults) -> Figure:
+    """The paper's Fig. 5 as small multiples: a radar per method (columns) and sparsity (rows), on Retrain's."""
+    sparsities, methods = radar_sparsities(params), list(results)
+    shown = [m for m in methods if m != "retrain"] or methods
+    angles = np.linspace(0, 2 * np.pi, len(RADAR_SPOKES), endpoint=False)
     closed = np.append(angles, angles[0])
-    figure = Figure(figsize=(5.5, 5.5))
+    figure = Figure(figsize=(2.3 * len(shown) + 1.6, 2.7 * len(sparsities) + 1.3), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(projection="polar")
-    for method in (m for m in RADAR_METHODS if m in results):
-        values = radar_values(results, method, sparsity)
-        axes.plot(closed, [*values, values[0]], marker="o", label=label(method))
-        axes.fill(closed, [*values, values[0]], alpha=0.1)
-    axes.set_xticks(angles, axis_names)
-    axes.set_ylim(0, 100)
-    axes.set_title(f"{scenario}, {sparsity_label(sparsity)}")
-    axes.legend(loc="upper right", bbox_to_anchor=(1.3, 1.12))
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    grid = figure.subplots(len(sparsities), len(shown), subplot_kw={"projection": "polar"}, squeeze=False)
+    for row, sparsity in zip(grid, sparsities, strict=True):
+        for axes, method in zip(row, shown, strict=True):
+            for drawn in dict.fromkeys(["retrain", method]):
+                values = radar_values(results, drawn, sparsity)
+                style = method_style(drawn, methods)
+                polygon = [*values, values[0]]
+                on_top = 3 if drawn == "retrain" else 2  # Retrain's dashes show where the method matches it
+                axes.plot(closed, polygon, marker="o", markersize=2.5, linewidth=1.3, zorder=on_top, label=label(drawn),
+                          **style)  # fmt: skip
+                axes.fill(closed, polygon, color=style["color"], alpha=0.06 if drawn == "retrain" else 0.15)
+            axes.set_xticks(angles, RADAR_SPOKES, fontsize="x-small")
+            axes.tick_params(axis="x", pad=-1)
+            axes.set_ylim(0, 100)
+            axes.set_yticks([50, 100], [])  # rings at 50% and 100%
+            axes.set_title(f"{label(method)}, {sparsity_label(sparsity)}", fontsize="small", pad=10)
+    handles = {}
+    for axes in figure.axes:
+        handles.update(zip(*reversed(axes.get_legend_handles_labels()), strict=True))
+    figure.legend(handles.values(), handles.keys(), loc="outside right center", title="method", fontsize="small")
+    figure.suptitle(f"{scenario}: each method against Retrain, dense and sparsest")
+    figure.supxlabel(RADAR_CAPTION, fontsize="small", wrap=True)
+    return figure
 
 
-def sparsity_figure(params: Params, scenario: str, results: ScenarioResults, path: Path) -> Path:
-    """UA and MIA-efficacy (mean ± std) against sparsity, a line per method."""
+def clipped_errors(means: list[float], stds: list[float], low: float = 0.0, high: float = 100.0) -> np.ndarray:
+    """± std as (lower, upper) bar lengths that stop at `low` and `high` (a percentage's range)."""
+    mean, std = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    return np.stack([np.clip(np.minimum(std, mean - low), 0, None), np.clip(np.minimum(std, high - mean), 0, None)])
+
+
+def percent_limits(bottoms: list[float], tops: list[float]) -> tuple[float, float]:
+    """y limits on a 10-point grid around the bars' ends, within 0..100."""
+    bottom = max(0.0, 10 * np.floor((min(bottoms) - 3) / 10))
+    top = min(100.0, 10 * np.ceil((max(tops) + 3) / 10))
+    return float(bottom), float(top)
+
+
+def sparsity_ticks(sparsities: list[float]) -> list[str]:
+    """`0%`, `50%`, `90%`, `95%`: the categories of the by-sparsity plots."""
+    return [f"{100 * s:g}%" for s in sparsities]
+
+
+def sparsity_plot(params: Params, scenario: str, results: ScenarioResults) -> Figure:
+    """UA and MIA-efficacy (mean ± std, clipped to 0..100) at each sparsity, a line per method."""
     sparsities = params.prune.sparsities
-    figure = Figure(figsize=(10, 4))
+    methods = list(results)
+    positions = np.arange(len(sparsities), dtype=float)
+    spread = 0.5 / max(1, len(methods) - 1)  # methods side by side within ±0.25 of their category
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     for axes, metric in zip(figure.subplots(1, 2), FORGETTING_METRICS, strict=True):
-        for method, by_tag in results.items():
-            rows = [by_tag[layout.sparsity_tag(s)] for s in sparsities]
+        bottoms, tops = [], []
+        for index, method in enumerate(methods):
+            rows = [results[method][layout.sparsity_tag(s)] for s in sparsities]
             means, stds = [r[metric] for r in rows], [r[f"{metric}_std"] for r in rows]
-            percents = [100 * s for s in sparsities]
-            style = {"color": "black", "linestyle": "--"} if method == "retrain" else {}
-            axes.errorbar(percents, means, yerr=stds, marker="o", capsize=3, label=label(method), **style)
-        axes.set(xlabel="sparsity (%)", ylabel=f"{METRIC_LABELS[metric]} (%)", title=METRIC_LABELS[metric])
-    axes.legend(fontsize="small")
+            errors = clipped_errors(means, stds)
+            bottoms += list(np.asarray(means) - errors[0])
+            tops += list(np.asarray(means) + errors[1])
+            offset = (index - (len(methods) - 1) / 2) * spread
+            bars = axes.errorbar(positions + offset, means, yerr=errors, marker="o", markersize=4, capsize=2.5,
+                                 label=label(method), **method_style(method, methods))  # fmt: skip
+            for artist in bars.get_children():  # a mean of 0 or 100 sits on the frame, shown whole
+                artist.set_clip_on(False)
+        axes.set_xticks(positions, sparsity_ticks(sparsities))
+        axes.set_xlim(-0.5, len(sparsities) - 0.5)
+        axes.set_ylim(*percent_limits(bottoms, tops))
+        axes.grid(axis="y", alpha=0.3)
+        axes.set(xlabel="sparsity (share of weights pruned)", ylabel=f"{METRIC_LABELS[metric]} (%)",
+                 title=METRIC_LABELS[metric])  # fmt: skip
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", title="method")
     figure.suptitle(f"{scenario}: forgetting against sparsity")
+    figure.supxlabel(SPARSITY_CAPTION, fontsize="small", wrap=True)
+    return figure
+
+
+def save(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
 def draw_figures(params: Params, scenario: str, results: ScenarioResults) -> list[Path]:
-    """The scenario's radar (lowest sparsity, i.e. dense when studied) and by-sparsity plots."""
+    """The scenario's radar (lowest and highest sparsity) and by-sparsity plots."""
     FIGURES.mkdir(parents=True, exist_ok=True)
-    low = min(params.prune.sparsities)
     return [
-        radar_figure(scenario, results, low, FIGURES / f"{scenario}_radar.png"),
-        sparsity_figure(params, scenario, results, FIGURES / f"{scenario}_by_sparsity.png"),
+        save(radar_plot(params, scenario, results), FIGURES / f"{scenario}_radar.png"),
+        save(sparsity_plot(params, scenario, results), FIGURES / f"{scenario}_by_sparsity.png"),
     ]
+
+
+def figure_caption(path: Path) -> str:
+    """The report's caption under a figure of draw_figures."""
+    return RADAR_CAPTION if path.stem.endswith("_radar") else SPARSITY_CAPTION
 
 
 def seeds_text(study: Study) -> str:
@@ -308,7 +392,8 @@ def scenario_section(params: Params, scenario: str, results: ScenarioResults, fi
     parts.append(gap_table(params, results))
     checked = "\n".join(finding.as_markdown() for finding in findings(params, results))
     parts.append(f"### Findings of the paper, checked on this run\n\n{checked}")
-    parts += [f"![{path.stem}]({path.relative_to(STUDY.parent).as_posix()})" for path in figures]
+    for path in figures:
+        parts.append(f"![{path.stem}]({path.relative_to(STUDY.parent).as_posix()})\n\n*{figure_caption(path)}*")
     return "\n\n".join(parts)
 
 

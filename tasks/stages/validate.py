@@ -1,7 +1,9 @@
 """Stage `validate`: a scenario's split checked by Great Expectations (`tasks.adapters.expectations`).
 
 `python -m tasks.stages.validate --scenario NAME` exits 0 if the split passes, 1 if not, 2 on bad input;
-the report is reports/validation/<scenario>.json, with a markdown summary beside it.
+the report is reports/validation/<scenario>.json, with a markdown summary beside it. The suites and
+results are also stored in the GX context gx/ and its Data Docs rebuilt (gx/uncommitted/data_docs/
+local_site/index.html): `tasks.adapters.expectations.data_docs(scenario)` finds the scenario's pages.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _scenario(params: Params, name: str) -> Scenario:
 
 
 def validate_scenario(params: Params, scenario_name: str) -> ValidationReport:
-    """Validate data/splits/<scenario>/ against data/raw/dataset.npz; save the report; raise on failure."""
+    """Validate data/splits/<scenario>/ against data/raw/dataset.npz; save the report and publish it to
+    the GX context (stored suites and results, Data Docs); raise on failure."""
     from unlearn.data import DataBundle
 
     scenario = _scenario(params, scenario_name)
@@ -53,12 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run(args.scenario, args.params)
     except SplitValidationError as error:
-        print(f"error: {error}\nreport: {report_path}", file=sys.stderr)
+        print(f"error: {error}\nreport: {report_path}\ndata docs: {layout.DATA_DOCS_INDEX}", file=sys.stderr)
         return 1
     except UnlearnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"split {args.scenario!r}: all {len(report.results)} expectations passed (report: {report_path})")
+    print(f"split {args.scenario!r}: all {len(report.results)} expectations passed (report: {report_path}, "
+          f"data docs: {layout.DATA_DOCS_INDEX})")  # fmt: skip
     return 0
 
 

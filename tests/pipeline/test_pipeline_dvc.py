@@ -91,7 +91,8 @@ def test_repro_runs_every_stage_and_records_metrics(study):
     values = json.dumps(metrics)
     for name in ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds"):
         assert f'"{name}"' in values
-    cleanse = metrics[""]["data"]["metrics/backdoor.json"]["data"]["ft"]["s0.0"]
+    backdoor = json.loads(run(repo, "dvc", "metrics", "show", "--json", "metrics/backdoor.json").stdout)
+    cleanse = backdoor[""]["data"]["metrics/backdoor.json"]["data"]["ft"]["s0.0"]
     assert {"SA", "ASR", "SA_before", "ASR_before"} <= set(cleanse)
     assert "| FT |" in (repo / "reports" / "study.md").read_text()
     assert json.loads((repo / "reports/validation/class_wise.json").read_text())["success"] is True
@@ -146,8 +147,8 @@ def test_exp_run_sets_a_param_reruns_its_stages_and_exp_show_compares(study):
     assert stages_run(result.stdout) == {"unlearn@class_wise-ft", "evaluate@class_wise-ft", "report"}
     record = experiment(json.loads(run(repo, "dvc", "exp", "show", "--json").stdout), "ft-lr")
     assert record["params"]["params.yaml"]["data"]["unlearn"]["settings"]["ft"] == {"epochs": 1, "lr": 0.05}
-    ft_metrics = record["metrics"]["metrics/class_wise/ft.json"]["data"]
-    assert {"UA", "MIA_efficacy", "RA", "TA", "RTE_seconds"} <= set(ft_metrics["s0.5"])
+    ft_metrics = record["metrics"]["metrics/summary/class_wise/ft/s0.5.json"]["data"]
+    assert {"UA", "MIA_efficacy", "RA", "TA", "RTE_seconds"} <= set(ft_metrics)
 
 
 def digests(repo: Path) -> dict[str, str]:

@@ -225,3 +225,86 @@ def test_tuning_section_shows_defaults_and_tuned_gaps_of_this_presets_searches(m
 
 def test_tuning_section_says_when_no_search_was_recorded(metrics):
     assert "No search recorded in `reports/tuning.json`" in report_tables(make_params())
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+FOUR_SPARSITIES = (0.0, 0.5, 0.9, 0.95)
+FIGURE_METHODS = ("ft", "ga", "rl", "iu", "ff", "l1_sparse", "salun")
+
+
+def spread_results(methods=("retrain", *FIGURE_METHODS)) -> dict:
+    """A scenario at four sparsities whose ± std runs past both ends of 0..100 (UA 97 ± 30, MIA 2 ± 30)."""
+    results = {}
+    for index, method in enumerate(methods):
+        results[method] = {}
+        for sparsity in FOUR_SPARSITIES:
+            row = summary(sparsity, (97 - index, 2 + index, 99, 95, 40 if method == "retrain" else 2 + index))
+            row.update(UA_std=30.0, MIA_efficacy_std=30.0)
+            results[method][layout.sparsity_tag(sparsity)] = row
+    return results
+
+
+def overlaps(first, second) -> bool:
+    """Whether two display-space boxes share any area (touching edges do not count)."""
+    return first.x0 < second.x1 and second.x0 < first.x1 and first.y0 < second.y1 and second.y0 < first.y1
+
+
+def test_by_sparsity_plot_spaces_sparsities_evenly_and_keeps_bars_within_0_100():
+    from tasks.stages.findings import sparsity_plot
+
+    figure = sparsity_plot(make_params(methods=FIGURE_METHODS, sparsities=FOUR_SPARSITIES), "random", spread_results())
+    figure.canvas.draw()
+    assert [axes.get_title() for axes in figure.axes] == ["UA", "MIA-efficacy"]
+    for axes, clipped_end in zip(figure.axes, (100, 0), strict=True):  # UA 97 ± 30 tops out, MIA 2 ± 30 bottoms out
+        assert list(axes.get_xticks()) == [0, 1, 2, 3]
+        assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0%", "50%", "90%", "95%"]
+        bottom, top = axes.get_ylim()
+        assert 0 <= bottom < top <= 100
+        bar_ends = [y for bars in axes.collections for segment in bars.get_segments() for _, y in segment]
+        assert len(bar_ends) == 2 * 8 * 4 and min(bar_ends) >= 0 and max(bar_ends) <= 100
+        assert clipped_end in bar_ends  # clipped at the end, not dropped
+        assert axes.get_legend() is None
+    [legend] = figure.legends
+    methods = ["Retrain", "FT", "GA", "RL", "IU", "FF", "ℓ1-sparse", "SalUn"]
+    assert [text.get_text() for text in legend.get_texts()] == methods
+    legend_box = legend.get_window_extent()
+    assert not any(overlaps(legend_box, axes.get_window_extent()) for axes in figure.axes)
+
+
+def test_clipped_errors_stop_at_the_ends_of_a_percentage():
+    from tasks.stages.findings import clipped_errors
+
+    lower, upper = clipped_errors([97.0, 2.0, 50.0], [30.0, 30.0, 5.0])
+    assert list(lower) == [30.0, 2.0, 5.0] and list(upper) == [3.0, 30.0, 5.0]
+
+
+def test_radar_shows_every_method_against_retrain_dense_and_sparsest():
+    from tasks.stages.findings import RADAR_CAPTION, RADAR_SPOKES, label, radar_plot, sparsity_label
+
+    params = make_params(methods=FIGURE_METHODS, sparsities=FOUR_SPARSITIES)
+    figure = radar_plot(params, "random", spread_results())
+    panels = {axes.get_title(): axes for axes in figure.axes}
+    expected = [f"{label(m)}, {sparsity_label(s)}" for s in (0.0, 0.95) for m in FIGURE_METHODS]
+    assert list(panels) == expected  # a row dense, a row 95% sparse: 0.5 and 0.9 are not on the radar
+    for title, axes in panels.items():
+        method = title.split(",")[0]
+        assert [line.get_label() for line in axes.get_lines()] == ["Retrain", method]
+        assert [tick.get_text() for tick in axes.get_xticklabels()] == RADAR_SPOKES
+        assert axes.get_ylim() == (0, 100)
+    retrain = next(iter(panels.values())).get_lines()[0]
+    assert list(retrain.get_ydata()) == [97, 2, 99, 95, 0, 97]  # UA, MIA, RA, TA raw; RTE eff. 0 for Retrain
+    [legend] = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["Retrain", *(label(m) for m in FIGURE_METHODS)]
+    assert figure.get_supxlabel() == RADAR_CAPTION
+    for spoke in ("UA", "MIA-eff. (MIA-efficacy)", "RA", "TA", "RTE eff. = 100 × (1 − RTE / Retrain's RTE)"):
+        assert spoke in RADAR_CAPTION
+    assert "larger is cheaper" in RADAR_CAPTION and "larger is not better by itself" in RADAR_CAPTION
+
+
+def test_the_report_captions_each_figure(metrics):
+    from tasks.stages.findings import RADAR_CAPTION, SPARSITY_CAPTION
+
+    text = build_report(make_params()).read_text()
+    assert f"](figures/random_radar.png)\n\n*{RADAR_CAPTION}*" in text
+    assert f"](figures/random_by_sparsity.png)\n\n*{SPARSITY_CAPTION}*" in text

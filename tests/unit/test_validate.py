@@ -5,9 +5,11 @@ from dataclasses import replace
 
 import pytest
 
+from tasks.adapters import layout
 from tasks.adapters.expectations import (
     Reference,
     SplitValidationError,
+    data_docs,
     expected_for,
     plan_checks,
     validate_against,
@@ -146,12 +148,20 @@ def test_stage_writes_the_report_and_exits_nonzero_on_a_bad_split(class_split, d
     assert sorted(r["description"] for r in report["results"]) == sorted(c.description for c in planned)
     assert all({"expectation_type", "kwargs", "success", "observed"} <= set(r) for r in report["results"])
     assert (tmp_path / "reports/validation/cw.md").read_text().startswith("# Split validation: cw")
+    docs = data_docs("cw")  # in the project's GX context, gx/: stored suites, results, Data Docs
+    assert docs.index == layout.DATA_DOCS_INDEX and docs.index.is_file()
+    assert (layout.GX_CONTEXT / "expectations" / "cw" / "forget.json").is_file()
+    assert str(layout.DATA_DOCS_INDEX) in capsys.readouterr().out
 
     replace(class_split, forget=_manifest(_rows(class_split.forget)[:-1])).save("data/splits/cw")
     assert main(["--scenario", "cw"]) == 1
     stderr = capsys.readouterr().err
     assert "forget: has 142 rows, as configured (expect_table_row_count_to_equal" in stderr
+    assert f"data docs: {layout.DATA_DOCS_INDEX}" in stderr
     assert not json.loads((tmp_path / "reports/validation/cw.json").read_text())["success"]
+    failed = data_docs("cw")
+    assert not json.loads(failed.results["forget"].read_text())["success"]
+    assert not docs.pages["forget"].exists(), "the failed run's result replaced the passing one"
     assert main(["--scenario", "nope"]) == 2
     assert "no scenario 'nope'" in capsys.readouterr().err
 
