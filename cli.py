@@ -624,6 +624,20 @@ def batch(params: StudyParams = PARAMS_FILE, as_json: JsonOption = False) -> Non
 
 
 @app.command()
+def restore(
+    batch_id: Annotated[str, typer.Argument(help="The deletion batch to bring back.")],
+    params: StudyParams = PARAMS_FILE,
+    pull: Annotated[bool, typer.Option(help="Fetch the data from the DVC remote (else: the local cache).")] = True,
+) -> None:
+    """Bring a deletion batch's split back (and the ledger, if missing) from what its registry version records."""
+    from tasks.adapters.params import load_params
+    from tasks.production.deletion import restore_batch
+
+    for path in restore_batch(load_params(params), batch_id, pull=pull):
+        typer.echo(f"restored {path}")
+
+
+@app.command()
 def serve(params: StudyParams = PARAMS_FILE) -> None:
     """Serve `deletion-batch` (cron `deletion.schedule`) and `audit-pool` (daily, `--if-stale`) until stopped."""
     from flows.deployments import serve_deletion_batch
@@ -749,22 +763,39 @@ def request_status(
     request_id: Annotated[str, typer.Argument(help="The request id.")],
     inbox: InboxOption = None,
     params: StudyParams = PARAMS_FILE,
+    as_json: JsonOption = False,
 ) -> None:
-    """Where a request is: pending, claimed/<batch>, done/<batch> or rejected (with the reason)."""
+    """A request's true state: pending, claimed, rejected (why), unlearned in candidate vN, forgotten by champion vM."""
+    from tasks.adapters.params import load_params
     from tasks.adapters.requests import open_inbox
-    from unlearn.errors import UnlearnError
+    from tasks.production.lifecycle import request_states
 
-    try:
-        store = open_inbox(_inbox_uri(inbox, params))
-        where = store.status(request_id)
-    except UnlearnError as error:
-        raise _fail(error) from error
-    if where is None:
-        raise _fail(LookupError(f"no request {request_id!r} in {store.uri}"))
-    batch_note = f" (batch {where.batch_id})" if where.batch_id else ""
-    typer.echo(f"{request_id}: {where.state}{batch_note}")
-    if where.state == "rejected":
-        typer.echo(f"  reason: {store.rejection_reason(request_id)}")
+    settings = load_params(params)
+    (state,) = request_states(settings, [request_id], inbox=open_inbox(_inbox_uri(inbox, params)))
+    emit(state.as_dict(), as_json, state.line())
+
+
+@request_app.command("list")
+def request_list(
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only requests in this state: pending, claimed, rejected, unlearned, forgotten, done."),
+    ] = None,
+    inbox: InboxOption = None,
+    params: StudyParams = PARAMS_FILE,
+    as_json: JsonOption = False,
+) -> None:
+    """Every request the inbox has seen, with its true state (one line each)."""
+    from tasks.adapters.params import load_params
+    from tasks.adapters.requests import open_inbox
+    from tasks.production.lifecycle import STATES, request_states
+    from unlearn.errors import ConfigError
+
+    if state is not None and state not in STATES:
+        raise ConfigError(f"unknown state {state!r}; known: {', '.join(STATES)}")
+    found = request_states(load_params(params), inbox=open_inbox(_inbox_uri(inbox, params)))
+    chosen = [entry for entry in found if state is None or entry.state == state]
+    emit([entry.as_dict() for entry in chosen], as_json, "\n".join(entry.line() for entry in chosen) or "no requests")
 
 
 def _operator_lock(params: Path):

@@ -450,6 +450,16 @@ def test_three_requests_in_two_batches_tell_their_true_state_after_the_second_is
         assert "forgotten by champion v" in after["req-one"].line()
         lineage = registry.history(name)
         assert {"req-one", "req-two", "req-three"} <= {r for entry in lineage for r in entry.request_ids}
+        from typer.testing import CliRunner
+
+        from cli import app
+
+        listed = CliRunner().invoke(app, ["request", "list", "--state", FORGOTTEN, "--json", "--params", params_path])
+        assert listed.exit_code == 0 and {r["request_id"] for r in json.loads(listed.stdout)} == set(after)
+        shown = CliRunner().invoke(app, ["request", "status", "req-two", "--params", params_path])
+        assert shown.exit_code == 0 and shown.stdout.startswith(f"req-two: forgotten by champion v{second['version']}")
+        unknown = CliRunner().invoke(app, ["request", "status", "req-nobody", "--params", params_path])
+        assert unknown.exit_code == 1 and "no request 'req-nobody'" in unknown.stderr
     finally:  # the module's other tests unlearn from the original champion
         tracking.client().set_registered_model_alias(name, registry.CHAMPION, str(original.version))
 
