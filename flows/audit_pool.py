@@ -18,11 +18,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from flows.deployments import capture_project_logs, rename_flow_run
 from flows.stages import GPU_TAG
 from flows.study import RunnerName, default_gpu_slots, ensure_gpu_limit, make_task_runner, raise_first_failure
 from tasks.adapters.ledger import Ledger
 from tasks.adapters.params import PARAMS_FILE, load_params
 from tasks.production import audit, deletion
+
+capture_project_logs()
 
 _STEP = {"cache_policy": NO_CACHE, "retries": 0}
 plan_task = task(audit.plan_pool, name="plan-pool", **_STEP)
@@ -32,7 +35,15 @@ reference_task = task(
 save_task = task(audit.save_built_pool, name="save-pool", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 
 
-@flow(name="audit-pool", flow_run_name="audit-pool-{params_path}", log_prints=True)
+def run_name() -> str:
+    """`audit-pool-v<version>`; `audit-pool-champion` until the champion's version is known (then renamed)."""
+    from prefect.runtime import flow_run
+
+    version = flow_run.parameters.get("version")
+    return f"audit-pool-v{version}" if version else "audit-pool-champion"
+
+
+@flow(name="audit-pool", flow_run_name=run_name, log_prints=True)
 def audit_pool(
     params_path: str = str(PARAMS_FILE),
     version: str | None = None,
@@ -54,11 +65,14 @@ def audit_pool(
     if if_stale:
         target = deletion.champion_version(params) if version is None else None
         deleted = Ledger.load(params.deletion.ledger).deleted_ids()
-        if target is not None and not audit.is_stale(params, target, deleted):
-            return publish({"status": "valid", "pool": target.tags.get(audit.POOL_PATH_TAG, "")})
+        if target is not None:
+            rename_flow_run(f"audit-pool-v{target.version}")
+            if not audit.is_stale(params, target, deleted):
+                return publish({"status": "valid", "pool": target.tags.get(audit.POOL_PATH_TAG, "")})
     started = time.perf_counter()
     ensure_gpu_limit(default_gpu_slots())
     plan = plan_task(params, version)
+    rename_flow_run(f"audit-pool-v{plan.champion_version}")
     references = reference_task.map(unmapped(params), unmapped(plan), list(range(len(plan.seeds))))
     raise_first_failure(references)
     scored = [future.result() for future in references]

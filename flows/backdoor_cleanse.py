@@ -22,11 +22,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.deployments import capture_project_logs, named_by_params
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import default_gpu_slots, ensure_gpu_limit, raise_first_failure
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
 from tasks.stages import backdoor
 from unlearn.splits import Manifest
+
+capture_project_logs()
 
 REPORT_ARTIFACT = "backdoor-report"
 REQUEST_ID = "backdoor-cleanse"  # what the cleansed model forgot: every poisoned training sample
@@ -109,7 +112,7 @@ def publish_report(params: Params, registered: dict[str, Any] | None) -> str:
     return str(artifact_id)
 
 
-@flow(name="backdoor_cleanse", flow_run_name="backdoor-cleanse-{params_path}")
+@flow(name="backdoor_cleanse", flow_run_name=named_by_params("backdoor-cleanse", lambda params: params.data.preset))
 def backdoor_cleanse(params_path: str = str(PARAMS_FILE), register_models: bool = True) -> dict[str, Any]:
     """Poison, train and prune the Trojan models, cleanse each, report; register the best cleanse.
 

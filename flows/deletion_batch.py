@@ -12,19 +12,26 @@ between registering and finishing does not register twice. At most one run works
 time, and a run that dies (SIGKILL included) never blocks the next: see `single_flight`.
 Before anything is claimed the pending entries that are no request are set aside, and the
 ledger is checked against its chain and the registry (`tasks.production.deletion.verify_state`).
+
+In Prefect the run is named after its batch once claimed (`deletion-batch-20250131T120000Z-1a2b3c4d`
+for batch `batch-20250131T120000Z-1a2b3c4d`; `deletion-batch-<start>-empty` when there was
+nothing to do), its logs hold the steps' own warnings (each rejection with its reason), and its
+`deletion-batch` artefact the review's verdict and evidence and where the version is in MLflow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote, urlsplit
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks.adapters import tracking
+from flows.deployments import capture_project_logs, rename_flow_run, utc_stamp
+from tasks.adapters import registry, tracking
 from tasks.adapters.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
 from tasks.adapters.requests import InboxError
@@ -32,6 +39,10 @@ from tasks.production import deletion
 from unlearn.errors import UnlearnError
 
 SINGLE_FLIGHT = "deletion-batch"
+RUN_PREFIX = "deletion-batch"
+REVIEW_ARTIFACTS_TAG = "review.artifacts"  # set by `deletion.attach_review` with the verdict and evidence
+
+capture_project_logs()  # e.g. `rejected req-7: ...` of tasks.production.deletion, in the run's logs
 
 
 def transient(task, task_run, state) -> bool:
@@ -200,7 +211,24 @@ def flow_run_tags(batch) -> dict[str, str]:
     return {"prefect.flow_run_id": str(flow_run.id), "batch_id": batch.batch_id}
 
 
-@flow(name="deletion-batch", flow_run_name="deletion-batch-{params_path}", log_prints=True)
+def run_name() -> str:
+    """The flow run's name until its batch is known: `deletion-batch-<UTC timestamp>`."""
+    return f"{RUN_PREFIX}-{utc_stamp()}"
+
+
+def batch_run_name(batch_id: str) -> str:
+    """`deletion-batch-20250131T120000Z-1a2b3c4d` for batch `batch-20250131T120000Z-1a2b3c4d`."""
+    return f"deletion-{batch_id}" if batch_id.startswith("batch-") else f"{RUN_PREFIX}-{batch_id}"
+
+
+def name_run(batch) -> None:
+    """Rename the flow run after what it works on: its batch (claimed or resumed), or `...-empty`."""
+    from prefect.runtime import flow_run
+
+    rename_flow_run(batch_run_name(batch.batch_id) if batch is not None else f"{flow_run.name}-empty")
+
+
+@flow(name="deletion-batch", flow_run_name=run_name, log_prints=True)
 def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
     """Unlearn every pending deletion request as one batch and register the candidate model."""
     params = load_params(params_path)
@@ -209,6 +237,7 @@ def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
         verify_state(params)
         data = load_data()
         batch = open_batch(params, data)
+        name_run(batch)
         if batch is None:
             return publish({"status": "empty", **({"set_aside": set_aside} if set_aside else {})})
         if not batch.accepted:
@@ -237,16 +266,60 @@ def deletion_batch(params_path: str = str(PARAMS_FILE)) -> dict:
             "set_aside": set_aside,
             "resumed": batch.resumed,
             "metrics": metrics,
-        }
+        },
+        version,
     )
 
 
-def publish(summary: dict) -> dict:
-    """A markdown artifact of the run: what was registered, the metrics, the rejections."""
+def review_of(version) -> dict[str, str | None]:
+    """The review `attach_review` recorded on the version: verdict, evidence, where its files are.
+
+    The version in hand was read before its review was attached (or, for a resumed batch, may
+    lack it), so its tags are read again; values the registry does not have are None.
+    """
+    tags = dict(version.tags or {})
+    if deletion.REVIEW_TAG not in tags:
+        try:
+            tags = dict(registry.get_version(version.name, version.version).tags or {})
+        except Exception as error:  # noqa: BLE001 - the batch is done; the artefact says what is missing
+            get_run_logger().warning("could not read the review of %s v%s: %s", version.name, version.version, error)
+    return {
+        "verdict": tags.get(deletion.REVIEW_TAG),
+        "evidence": tags.get(registry.REVIEW_EVIDENCE_TAG),
+        "artifacts": tags.get(REVIEW_ARTIFACTS_TAG),
+    }
+
+
+def mlflow_url(name: str, version: str, uri: str | None = None) -> str | None:
+    """The model version's page in the MLflow UI of an http(s) tracking server (no user name or password in it).
+
+    None for other tracking URIs (sqlite, a folder): they have no UI to link to.
+    """
+    parts = urlsplit(tracking.display_uri(uri))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    base = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    return f"{base}/#/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}"
+
+
+def render(summary: dict) -> str:
+    """The run's markdown artefact: what was registered and its review, the metrics, the rejections."""
     lines = [f"# Deletion batch: {summary['status']}"]
     for key in ("batch_id", "model", "version", "requests", "resumed"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
+    if "review" in summary:
+        review = summary["review"]
+        if review["verdict"]:
+            lines.append(f"- **review**: {review['verdict']} (evidence {review['evidence'] or 'not recorded'})")
+        else:
+            lines.append(
+                f"- **review**: not recorded on version {summary['version']} "
+                f"(`unlearn review --version {summary['version']}` shows it)"
+            )
+        if review["artifacts"]:
+            lines.append(f"- **review files**: `{review['artifacts']}`")
     for request_id, reason in summary.get("rejected", {}).items():
         lines.append(f"- rejected `{request_id}`: {reason}")
     for label, reason in summary.get("set_aside", {}).items():
@@ -256,9 +329,16 @@ def publish(summary: dict) -> dict:
         metrics = summary["metrics"]
         lines += [f"| {name} | {metrics[name]:.2f} |" for name in deletion.BATCH_METRICS if name in metrics]
     if "version" in summary:
-        lines.append(
-            f"\nMLflow: registered model `{summary['model']}` version {summary['version']} "
-            f"(alias `candidate`); tracking URI `{tracking.display_uri()}`."
-        )
-    create_markdown_artifact("\n".join(lines), key="deletion-batch", description="deletion batch summary")
+        model = f"registered model `{summary['model']}` version {summary['version']}"
+        url = mlflow_url(summary["model"], summary["version"])
+        where = f"[{model}]({url}) (alias `candidate`)" if url else f"{model} (alias `candidate`)"
+        lines.append(f"\nMLflow: {where}; tracking URI `{tracking.display_uri()}`.")
+    return "\n".join(lines)
+
+
+def publish(summary: dict, version=None) -> dict:
+    """The run's markdown artefact (`render`); with the registered `version`, its review joins the summary."""
+    if version is not None:
+        summary = {**summary, "review": review_of(version)}
+    create_markdown_artifact(render(summary), key="deletion-batch", description="deletion batch summary")
     return summary

@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.deployments import capture_project_logs, named_by_params
 from flows.stages import (
     GPU_TAG,
     evaluate_task,
@@ -40,6 +41,8 @@ from tasks.adapters import layout
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
 from tasks.stages.findings import report_tables, study_methods
 from unlearn.errors import ConfigError
+
+capture_project_logs()
 
 RunnerName = Literal["threads", "dask"]
 REPORT_ARTIFACT = "study-report"
@@ -169,7 +172,11 @@ def run_grid(params: Params) -> dict[str, Any]:
     return {"report": str(reported.result()), "metrics": metrics, "artifact_id": publish_report(params)}
 
 
-@flow(name="study", flow_run_name="study-{params_path}", task_runner=make_task_runner("threads"))
+@flow(
+    name="study",
+    flow_run_name=named_by_params("study", lambda params: params.data.preset),  # study-digits
+    task_runner=make_task_runner("threads"),
+)
 def study(
     params: Params | None = None,
     params_path: str = str(PARAMS_FILE),

@@ -20,12 +20,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.audit_pool import audit_pool
+from flows.deployments import capture_project_logs, named_by_params
 from flows.stages import prepare_task, prune_task, train_task
 from tasks.adapters import layout, registry, tracking
 from tasks.adapters.ledger import Ledger
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
 from tasks.adapters.workspace import load_model
 from tasks.production import deletion
+
+capture_project_logs()
 
 
 def champion_params(params: Params) -> Params:
@@ -69,7 +72,12 @@ def register(params: Params, champion: bool, parent_version: str | None = None, 
         )
 
 
-@flow(name="train-original", flow_run_name="train-original-{params_path}", log_prints=True)
+def describe(params: Params) -> str:
+    """What a train-original run trains: `digits-s0.5` (the preset, the champion's sparsity)."""
+    return f"{params.data.preset}-s{params.deletion.sparsity:g}"
+
+
+@flow(name="train-original", flow_run_name=named_by_params("train-original", describe), log_prints=True)
 def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True) -> dict:
     """Train the first champion on the whole training set, prune it if configured, register it.
 

@@ -23,9 +23,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import wait
 
+from flows.deployments import capture_project_logs
 from flows.study import LOCAL_CLUSTER, RunnerName, make_task_runner
 from tasks.adapters.params import PARAMS_FILE, load_params
 from tasks.production.tune import DEFAULT_FOLDS, DEFAULT_STORAGE, comparison_table, retrain_reference, run_trial, tune
+
+capture_project_logs()
 
 TUNE_ARTIFACT = "tune-report"
 _TASK = {"cache_policy": NO_CACHE, "retries": 0}  # a trial's failure is not transient
