@@ -192,6 +192,7 @@ def _unlearn_and_register(params: Params, batch, ledger, split, digests):
         return version, {}
     with tracking.run(params, "unlearn", f"deletion-{batch.batch_id}", **flow_run_tags(batch)) as tracker:
         candidate = unlearn_champion(params, batch, ledger, split)
+        describe_run(tracker, params, batch, candidate)
         metrics = evaluate_candidate(params, split, candidate)
         batch_audit = audit_candidate(params, batch, ledger, split, candidate)
         reference = retrain_reference(params, split, candidate) if params.deletion.retrain_reference else None
@@ -200,8 +201,47 @@ def _unlearn_and_register(params: Params, batch, ledger, split, digests):
         if batch_audit is not None:
             tracker.log_evaluation(batch_audit.figures.as_dict(), prefix="audit_")
         version = register_candidate(params, batch, ledger, split, candidate, metrics, reference, digests, batch_audit)
-    attach_review(params, batch, version)
+        attach_review(params, batch, version)
+        log_evidence(tracker, batch)
     return version, metrics
+
+
+def describe_run(tracker, params: Params, batch, candidate) -> None:
+    """The batch run's params (method and its config, champion, ledger range) and its description."""
+    from tasks.adapters.params import flatten
+
+    if not tracker.enabled:
+        return
+    config = deletion.batch_method_config(params)
+    tracker.log_params({
+        "method": candidate.method, "champion_version": candidate.parent_version,
+        "ledger_batches": ",".join(candidate.batches), "requests": ",".join(batch.request_ids),
+        **{f"method_config.{key}": value for key, value in flatten(config).items()},
+    })  # fmt: skip
+    tracker.set_tags({
+        "mlflow.note.content": (
+            f"Deletion batch {batch.batch_id}: {len(batch.request_ids)} request(s), unlearned with "
+            f"{candidate.method} from champion v{candidate.parent_version}, forgetting ledger batches "
+            f"{', '.join(candidate.batches) or batch.batch_id}. Artefacts: the split's validation (JSON, "
+            "markdown, Great Expectations Data Docs) and the review (markdown, plot, per-sample audit)."
+        )
+    })  # fmt: skip
+
+
+def log_evidence(tracker, batch) -> None:
+    """The split's validation report and Data Docs, and the review, as artefacts of the batch run."""
+    from tasks.adapters import layout
+    from tasks.adapters.expectations import batch_data_docs
+
+    if not tracker.enabled:
+        return
+    report = layout.batch_validation_report(batch.batch_id)
+    tracker.log_artifacts([report, report.with_suffix(".md")], "validation")
+    try:
+        tracker.log_artifacts([batch_data_docs(batch.batch_id).site], "validation/data_docs")
+    except FileNotFoundError as error:
+        get_run_logger().warning("batch %s has no Data Docs to attach: %s", batch.batch_id, error)
+    tracker.log_artifacts([layout.batch_audit_dir(batch.batch_id)], "review")
 
 
 def flow_run_tags(batch) -> dict[str, str]:

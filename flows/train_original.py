@@ -60,7 +60,13 @@ def register(params: Params, champion: bool, parent_version: str | None = None, 
     path = layout.original_path(seed, root) if dense else layout.pruned_path(sparsity, seed, root)
     _, checkpoint = load_model(path)
     tags = {"prefect.flow_run_id": str(flow_run.id), "seed": str(seed), **anchor_tags(params, ledger or Ledger())}
-    with tracking.run(params, "train", f"original-seed{seed}", params.train, **tags) as tracker:
+    with tracking.run(
+        params,
+        "train",
+        f"original-{'dense' if dense else layout.sparsity_tag(sparsity)}-seed{seed}",
+        params.train,
+        **tags,
+    ) as tracker:
         tracker.log_evaluation({"TA": checkpoint.metadata["test_accuracy"]})
         return registry.register_original(
             path,

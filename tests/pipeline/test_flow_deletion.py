@@ -109,6 +109,13 @@ def test_happy_path_registers_a_candidate_with_its_lineage(params_path):
     assert version.tags[deletion.REVIEW_TAG] in ("promotable", "not promotable")
     assert inbox_of(params_path).status("req-a").state == "done"
     assert Path(f"data/splits/batches/{result['batch_id']}.dvc").is_file()  # versioned with DVC
+    # the batch's MLflow run: params, a description, the validation (with Data Docs) and the review
+    run = tracking.client().get_run(registry.get_version(result["model"], result["version"]).run_id)
+    assert run.data.params["method"] == "ft" and run.data.params["champion_version"] == version.tags["parent_version"]
+    assert "method_config.lr" in run.data.params and "Deletion batch" in run.data.tags["mlflow.note.content"]
+    logged = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "validation")}
+    assert {"validation/data_docs", f"validation/{result['batch_id']}.json"} <= logged
+    assert "review/review.md" in {a.path for a in tracking.client().list_artifacts(run.info.run_id, "review")}
 
 
 def test_a_second_batch_retains_neither_batchs_samples_and_registers(params_path):

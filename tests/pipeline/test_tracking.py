@@ -459,14 +459,17 @@ def deletion_flow(monkeypatch, digits):
 
     for step, stand_in in {
         "existing_candidate": lambda params, batch: None,
-        "unlearn_champion": lambda params, batch, ledger, split: "candidate",
+        "unlearn_champion": lambda params, batch, ledger, split: SimpleNamespace(
+            method="ft", parent_version="1", batches=("batch-house",)
+        ),
+        "log_evidence": lambda tracker, batch: None,
         "evaluate_candidate": lambda params, split, candidate: {"UA": 99.0, "TA": 95.0},
         "audit_candidate": lambda params, batch, ledger, split, candidate: None,
         "register_candidate": register,
         "attach_review": lambda params, batch, version: "not promotable",
     }.items():
         monkeypatch.setattr(deletion_batch, step, stand_in)
-    batch = SimpleNamespace(batch_id="batch-house")
+    batch = SimpleNamespace(batch_id="batch-house", request_ids=["req-house"])
     split = SimpleNamespace(split=class_wise(digits, [0]))
 
     def unlearn_and_register(params):
