@@ -267,10 +267,12 @@ def batch_split(bundle: DataBundle, ledger: Ledger, batch_ids: str | Iterable[st
     """The split for a batch, and the manifest of every deletion so far.
 
     `ledger` must already hold the batch. Forget (Df) is the batch's samples; retain (Dr) is
-    the training set without every sample the ledger records; test is unchanged.
+    the training set without every sample the ledger records; test is unchanged. Samples a purge
+    removed from the data set (`tasks.production.purge`) are in neither, nor in the manifest.
     """
     batch_rows = resolve_ids(bundle.train, ledger.sample_ids_of(batch_ids))
-    all_rows = resolve_ids(bundle.train, [row.sample_id for row in ledger.rows])
+    present = set(bundle.train.ids)
+    all_rows = resolve_ids(bundle.train, [row.sample_id for row in ledger.rows if row.sample_id in present])
     split = _split_from_forget(bundle, "ids", batch_rows)
     retain = np.setdiff1d(np.arange(len(bundle.train)), all_rows)
     cumulative = Manifest.of(bundle.train, sorted(all_rows))

@@ -197,6 +197,38 @@ class DeletionParams(Strict):
         return _approximate(value, "deletion.method")
 
 
+# The stores a purge cleans (`tasks.production.purge`): the prepared data set's rows (and the audit pools'
+# columns) of deleted samples, checkpoints under models/, MLflow's model artefacts, DVC's cache and remote,
+# the inbox's done request bodies.
+PURGE_STORES = ("data", "checkpoints", "mlflow", "dvc_cache", "dvc_remote", "inbox")
+PurgeStore = Literal[PURGE_STORES]
+
+
+class RetentionParams(Strict):
+    """What happens, once a deletion is in service, to the deleted samples and the models trained on them.
+
+    A purge (`unlearn purge`; after `promote` with `purge: on_promotion`) deletes the model files of
+    every registered version that held a sample the champion has forgotten (their registry entries
+    stay, tagged `purged`), the samples' rows of the prepared data set and every DVC object of older
+    versions, and the done request bodies; the ledger keeps their ids (`tasks.production.purge`).
+    """
+
+    purge: Literal["on_promotion", "on_command"] = "on_promotion"
+    grace_days: float = Field(0.0, ge=0)  # a version is purged this long after it stopped serving
+    stores: list[PurgeStore] = Field(default_factory=lambda: list(PURGE_STORES))
+    study_outputs: Literal["keep", "purge"] = "keep"  # the dvc.yaml stages' outs (all trained on the full data)
+
+    @field_validator("stores")
+    @classmethod
+    def _distinct_stores(cls, value: list[str]) -> list[str]:
+        repeated = sorted({store for store in value if value.count(store) > 1})
+        if repeated:
+            raise ValueError(f"stores named more than once: {', '.join(repeated)}")
+        if "dvc_remote" in value and "dvc_cache" not in value:
+            raise ValueError("dvc_remote needs dvc_cache: DVC garbage-collects the remote with the local cache")
+        return value
+
+
 class TrackingParams(Strict):
     """MLflow tracking of the stages and flows (the store: MLFLOW_TRACKING_URI, default sqlite mlflow.db).
 
@@ -327,6 +359,7 @@ class Params(Strict):
     promote: GateParams = GateParams()
     deletion: DeletionParams = DeletionParams()
     audit: AuditParams = AuditParams()
+    retention: RetentionParams = RetentionParams()
     tracking: TrackingParams = TrackingParams()
     backdoor: BackdoorParams = BackdoorParams()
     transfer: TransferParams = TransferParams()

@@ -674,7 +674,8 @@ def history_as_dict(name: str, entries: Sequence[HistoryEntry]) -> dict[str, obj
     return {
         "model": name,
         "champion": entries[0].version if entries else None,
-        "lineage": [asdict(entry) for entry in entries],
+        # `purged_at` only on purged versions' entries
+        "lineage": [{k: v for k, v in asdict(entry).items() if k != "purged_at" or v} for entry in entries],
         "forgotten": sorted({r for entry in entries for r in entry.request_ids}),
     }
 

@@ -38,8 +38,12 @@ def split(scenario: str) -> Split:
 
 
 def training_rows(data: DataBundle, excluded: Sequence[str] = ()) -> list[int]:
-    """The rows of the training set an original trains on: all of them but the `excluded` sample ids."""
-    left_out = set(resolve_ids(data.train, excluded))
+    """The rows of the training set an original trains on: all of them but the `excluded` sample ids.
+
+    Excluded ids the data set lacks are left out already: a purge removed their rows (`tasks.stages.prepare`).
+    """
+    present = set(data.train.ids)
+    left_out = set(resolve_ids(data.train, [sample_id for sample_id in excluded if sample_id in present]))
     return [row for row in range(len(data.train)) if row not in left_out]
 
 

@@ -1,22 +1,76 @@
-"""Stage `prepare`: export the data set, with its sample ids, to data/raw/."""
+"""Stage `prepare`: export the data set, with its sample ids, to data/raw/.
+
+The training samples a purge removed (`tasks.production.purge`) are left out, so no run of this
+stage brings a deleted sample back: the purge record beside the deletion ledger
+(`<ledger>.purge.json`) names the ledger batch through which every deleted sample's pixels are gone.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from tasks.adapters import layout
 from tasks.adapters.params import Params
 from tasks.adapters.workspace import preset
 from tasks.stages.entry import stage_main
-from unlearn.data import load_dataset
+from unlearn.data import DataBundle, load_dataset
+from unlearn.errors import ConfigError
+
+PURGE_RECORD_SUFFIX = ".purge.json"
+
+
+def purge_record_path(ledger: str | Path) -> Path:
+    """The purge record of the ledger at `ledger`: `<ledger stem>.purge.json` beside it."""
+    ledger = Path(ledger)
+    return ledger.with_name(f"{ledger.stem}{PURGE_RECORD_SUFFIX}")
+
+
+def purged_sample_ids(ledger: str | Path) -> set[str]:
+    """The samples whose pixels a purge removed: the ledger's, through the batch its record names.
+
+    None without a record. Read with the standard library (the ledger is a plain CSV file), so the
+    stage imports no more of the project than it did.
+
+    Raises:
+        ConfigError: the record names a batch the ledger (or a missing ledger) lacks: `dvc pull` it.
+    """
+    record = purge_record_path(ledger)
+    if not record.is_file():
+        return set()
+    through = json.loads(record.read_text()).get("through_batch")
+    if not through:
+        return set()
+    ledger = Path(ledger)
+    rows = []
+    if ledger.is_file():
+        with ledger.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    batches = list(dict.fromkeys(row["batch_id"] for row in rows))
+    if through not in batches:
+        raise ConfigError(
+            f"{record} says the samples of ledger batch {through} and before were purged, but "
+            f"{ledger} {'lacks that batch' if rows else 'is missing'}: restore the ledger (`dvc pull`) "
+            "before preparing the data set, or deleted samples would come back"
+        )
+    purged = set(batches[: batches.index(through) + 1])
+    return {row["sample_id"] for row in rows if row["batch_id"] in purged}
+
+
+def without(bundle: DataBundle, sample_ids: set[str]) -> DataBundle:
+    """The bundle without the training samples `sample_ids` (their rows, ids and labels)."""
+    kept = [row for row, sample_id in enumerate(bundle.train.ids) if sample_id not in sample_ids]
+    return bundle if len(kept) == len(bundle.train) else replace(bundle, train=bundle.train.subset(kept))
 
 
 def prepare(params: Params) -> Path:
-    """Load the preset's data set (split seeded once) and write it to `layout.RAW`."""
+    """Load the preset's data set (split seeded once), leave out the purged samples, write it to `layout.RAW`."""
     bundle = load_dataset(
         preset(params).dataset, params.data.root, seed=params.data.seed, download=params.data.download
     )
-    return bundle.save(layout.RAW)
+    return without(bundle, purged_sample_ids(params.deletion.ledger)).save(layout.RAW)
 
 
 if __name__ == "__main__":
