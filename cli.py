@@ -474,10 +474,12 @@ def promote(
 
     Exit 1 when refused (failed gates without --force, no reviewer, out-of-order lineage).
     """
+    from tasks.adapters.params import load_params
     from tasks.production.promotion import promote as promote_version
 
     name, gates = _model_and_gates(model, params)
-    done = promote_version(version, reviewer, reason, force, name=name, gates=gates)
+    settings = load_params(params) if params.is_file() else None  # its retention policy may purge after
+    done = promote_version(version, reviewer, reason, force, name=name, gates=gates, params=settings)
     previous = f"v{done.previous}" if done.previous else "none"
     forced = f" (FORCED: {done.reason})" if done.forced else ""
     typer.echo(f"{name}: champion {previous} -> v{done.version} by {done.reviewer} at {done.time}{forced}")
@@ -621,6 +623,19 @@ def batch(params: StudyParams = PARAMS_FILE, as_json: JsonOption = False) -> Non
 
     summary = deletion_batch(str(params))
     emit(summary, as_json, None if as_json else batch_text(summary))
+
+
+@app.command()
+def purge(
+    params: StudyParams = PARAMS_FILE,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed and what kept, and why.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why (recorded on every purged version).")] = None,
+    version: Annotated[list[int] | None, typer.Option(help="Purge only these superseded versions.")] = None,
+) -> None:
+    """Remove what still holds deleted samples: superseded models, pixels, old DVC objects (`retention:`)."""
+    from tasks.production.purge import run_purge_command
+
+    typer.echo(run_purge_command(str(params), dry_run, reason, [str(v) for v in version or ()]))
 
 
 @app.command()
