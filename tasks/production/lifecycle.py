@@ -6,7 +6,8 @@
     unlearned   forgotten by a registered version (`unlearned_in`: its batch's; `version`: the newest)
                 that the champion does not descend from: not yet in service
     forgotten   the champion in service is, or descends from, a version that forgot it; `promoted_at`
-                and `reviewer` are those of the first version of the champion's lineage that did
+                and `reviewer` are those of the first version of the champion's lineage that did;
+                `purged` names the superseded versions whose files were purged because they held it
     done        the inbox finished it, but no registry version records forgetting it (a registry
                 rebuilt without its history): `unlearn train-original` retrains without it
 
@@ -50,6 +51,7 @@ class RequestState:
     promoted_at: str | None = None
     reviewer: str | None = None
     forced: bool | None = None
+    purged: tuple[str, ...] = ()  # superseded versions whose files were purged because they held it
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -68,7 +70,11 @@ class RequestState:
         if self.state == FORGOTTEN:
             forced = " (FORCED)" if self.forced else ""
             promoted = f", promoted {self.promoted_at} by {self.reviewer}{forced}" if self.promoted_at else ""
-            return f"{self.request_id}: forgotten by champion v{self.champion} (since v{self.version}{promoted}){batch}"
+            purged = f"; purged: {', '.join(f'v{v}' for v in self.purged)}" if self.purged else ""
+            return (
+                f"{self.request_id}: forgotten by champion v{self.champion} (since v{self.version}{promoted}){batch}"
+                f"{purged}"
+            )
         if self.state == DONE:
             return f"{self.request_id}: done{batch}, but no registered version records forgetting it"
         return f"{self.request_id}: {self.state}{batch}"
@@ -126,11 +132,16 @@ def request_states(
         serving = [v for v in lineage if request_id in forgot[v]]
         if serving:
             first = tags[serving[-1]]
+            purged = tuple(sorted(
+                (v for v, t in tags.items() if t.get(registry.PURGED_TAG) == "true"
+                 and batch in t.get(f"{registry.PURGED_PREFIX}batches", "").split(",")),
+                key=int,
+            ))  # fmt: skip
             states.append(RequestState(
                 request_id, FORGOTTEN, batch, unlearned_in=covering[0], version=serving[-1], champion=champion,
                 promoted_at=first.get(f"{registry.PROMOTION_PREFIX}time"),
                 reviewer=first.get(f"{registry.PROMOTION_PREFIX}reviewer"),
-                forced=first.get(f"{registry.PROMOTION_PREFIX}forced") == "true",
+                forced=first.get(f"{registry.PROMOTION_PREFIX}forced") == "true", purged=purged,
             ))  # fmt: skip
         elif covering:
             states.append(RequestState(request_id, UNLEARNED, batch, unlearned_in=covering[0], version=covering[-1],

@@ -289,6 +289,11 @@ def test_the_champion_still_loads_and_predicts_and_the_lineage_shows_the_purged_
     assert third.tags["purged.reason"] == "erasure requests req-1, req-2 in service"
     assert purge.purged_for(world["params"], "req-1") == ["1", "2"]  # v3 had forgotten req-1 already
     assert purge.purged_for(world["params"], "req-2") == ["1", "2", v3]
+    from tasks.production.lifecycle import FORGOTTEN, request_states
+
+    states = {state.request_id: state for state in request_states(world["params"])}
+    assert states["req-2"].state == FORGOTTEN and states["req-2"].purged == ("1", "2", v3)
+    assert "purged: v1, v2" in states["req-2"].line()
     with pytest.raises(registry.RegistryError, match="purged"):
         from tasks.production.promotion import promote
 
