@@ -165,7 +165,7 @@ RETRAIN = Evaluation(ua=100.0, ra=100.0, ta=94.83, mia_efficacy=100.0, rte_secon
 
 
 def test_average_gap_reproduces_the_papers_check():
-    # PAPER.md section 5: FT class-wise dense = (77.47 + 25.00 + 0.13 + 0.52) / 4 = 25.78.
+    # the paper's Table 3, FT class-wise dense = (77.47 + 25.00 + 0.13 + 0.52) / 4 = 25.78.
     finetuned = Evaluation(ua=22.53, ra=99.87, ta=94.31, mia_efficacy=75.0, rte_seconds=30.0, sparsity_percent=95.0)
     gaps = metric_gaps(finetuned, RETRAIN)
     assert gaps == pytest.approx({"UA": 77.47, "MIA_efficacy": 25.0, "RA": 0.13, "TA": 0.52})
