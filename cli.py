@@ -370,7 +370,7 @@ def main(
 
 
 def _model_and_gates(model: str | None, params: Path):
-    """The registered model (default: params.yaml's preset) and the promotion gates of params.yaml."""
+    """The registered model (default: params.yaml's, `registry.params_model_name`) and the promotion gates."""
     from tasks.adapters.registry import default_model_name
     from tasks.production.promotion import load_gates
 

@@ -8,6 +8,8 @@ happens inside the model, as in the paper.
 from __future__ import annotations
 
 import json
+import re
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +18,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearn.errors import ConfigError, DatasetNotFoundError, UnknownDatasetError
+from unlearn.errors import (
+    ConfigError,
+    DatasetNotFoundError,
+    DatasetTooLargeError,
+    DataSourceError,
+    UnknownDatasetError,
+    preview,
+)
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "npz")
+SOURCES = ("preset", "npz", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+TEST_FOLDER = "test"
+DEFAULT_MAX_BYTES = 4 * 1024**3
+_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 # Per-channel statistics used by the paper's models.
 _STATS = {
@@ -161,6 +175,229 @@ def load_dataset(
     raise UnknownDatasetError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
+def source_name(source: str, path: str | Path | None, preset_dataset: str, name: str | None = None) -> str:
+    """The name of the data set a source yields: what its bundle, checkpoints and registered model carry.
+
+    A preset's data set keeps its own name (`digits`); an own data set takes `name` where given,
+    else the npz file's stem or the image folder's name, with characters other than letters,
+    digits, `_`, `.` and `-` replaced by `-`.
+    """
+    if source == "preset":
+        return preset_dataset
+    if name:
+        return name
+    if path is None:
+        raise ConfigError(f"data source {source!r} needs `data.path`")
+    stem = Path(path).stem if source == "npz" else Path(path).resolve().name
+    return _NAME.sub("-", stem).strip("-") or source
+
+
+def load_source(
+    source: str,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    image_size: int | Sequence[int] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DataBundle:
+    """An own data set: an `npz` file (arrays x, y, optional ids) or an `images` folder.
+
+    Args:
+        source: `npz` or `images`.
+        path: the .npz file, or the folder with one subfolder per class (PNG or JPEG), and
+            optionally a `test/` subfolder laid out the same way.
+        name: the bundle's name (default: `source_name`).
+        seed: seeds the stratified hold-out of `test_fraction` (npz; images without `test/`).
+        image_size: images only: every image resized to this (H, W) or square size;
+            without it, every image must have the same size.
+        max_bytes: refuse a data set whose inputs would take more (N*C*H*W*4 bytes as float32).
+    """
+    path = Path(path)
+    name = name or source_name(source, path, source)
+    if source == "npz":
+        return _npz(path, seed, name=name, test_fraction=test_fraction, max_bytes=max_bytes)
+    if source == "images":
+        return _image_folder(path, seed, name=name, test_fraction=test_fraction, size=image_size, max_bytes=max_bytes)
+    raise ConfigError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def _check_memory(count: int, shape: Sequence[int], max_bytes: int, what: Path) -> None:
+    estimate = int(count) * int(np.prod(shape)) * 4
+    if estimate > max_bytes:
+        raise DatasetTooLargeError(
+            f"{what}: {count} samples of shape {tuple(int(d) for d in shape)} take about {_size(estimate)} "
+            f"as float32, over the limit data.max_bytes = {_size(max_bytes)}: use fewer or smaller images "
+            "(data.image_size) or raise the limit"
+        )
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
+        count /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def _split_or_error(labels: np.ndarray, fraction: float, seed: int, what: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return _holdout(labels, fraction, seed)
+    except ValueError as error:  # too few samples of a class for a stratified hold-out
+        raise DataSourceError(f"{what}: cannot hold out {fraction:g} of each class for testing: {error}") from error
+
+
+def _image_files(folder: Path) -> list[Path]:
+    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted((p for p in images if not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _class_folders(root: Path, skip: str | None = None) -> dict[str, list[Path]]:
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != skip),
+                     key=lambda p: p.name)  # fmt: skip
+    if not folders:
+        raise DataSourceError(f"{root} has no class subfolders: put each class's images in a folder of its own")
+    classes = {}
+    for folder in folders:
+        files = _image_files(folder)
+        if not files:
+            raise DataSourceError(f"class folder {folder} holds no PNG or JPEG images")
+        classes[folder.name] = files
+    return classes
+
+
+def _target_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height < 1 or width < 1:
+        raise ConfigError(f"data.image_size must be positive, got {size}")
+    return int(height), int(width)
+
+
+def _image_folder(
+    root: Path,
+    seed: int,
+    *,
+    name: str,
+    test_fraction: float,
+    size: int | Sequence[int] | None,
+    max_bytes: int,
+) -> DataBundle:
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist")
+    test_root = root / TEST_FOLDER
+    has_test = test_root.is_dir()
+    train_classes = _class_folders(root, skip=TEST_FOLDER if has_test else None)
+    class_names = list(train_classes)
+    files = [(path, label) for label, paths in enumerate(train_classes.values()) for path in paths]
+    test_files: list[tuple[Path, int]] = []
+    if has_test:
+        test_classes = _class_folders(test_root)
+        unknown = sorted(set(test_classes) - set(class_names))
+        if unknown:
+            raise DataSourceError(f"{test_root} has class folder(s) {preview(unknown)} that {root} lacks")
+        test_files = [(path, class_names.index(c)) for c, paths in test_classes.items() for path in paths]
+    target = _target_size(size)
+    # Headers first (PIL reads no pixels yet): sizes, modes and the memory estimate before any loading.
+    headers = {}
+    for path, _ in files + test_files:
+        try:
+            with Image.open(path) as image:
+                headers[path] = (image.size, image.mode)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise DataSourceError(f"cannot read image {path}: {error}") from error
+    if target is None:
+        first_path, (first_size, _) = next(iter(headers.items()))
+        for path, (image_size, _) in headers.items():
+            if image_size != first_size:
+                raise DataSourceError(
+                    f"images differ in size: {first_path} is {first_size[0]}x{first_size[1]}, {path} is "
+                    f"{image_size[0]}x{image_size[1]} (width x height): set data.image_size to resize them"
+                )
+        target = (first_size[1], first_size[0])
+    grey = all(mode in ("1", "L", "LA", "I", "I;16", "F") for _, mode in headers.values())
+    channels = 1 if grey else 3
+    _check_memory(len(headers), (channels, *target), max_bytes, root)
+
+    def read(entries: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pixels = np.empty((len(entries), channels, *target), dtype=np.uint8)
+        for row, (path, _) in enumerate(entries):
+            try:
+                with Image.open(path) as image:
+                    image = _as_mode(image, grey)
+                    if image.size != (target[1], target[0]):
+                        image = image.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+                    array = np.asarray(image, dtype=np.uint8)
+            except (OSError, UnidentifiedImageError, ValueError) as error:
+                raise DataSourceError(f"cannot read image {path}: {error}") from error
+            pixels[row] = array[None] if grey else array.transpose(2, 0, 1)
+        labels = np.array([label for _, label in entries], dtype=np.int64)
+        ids = np.array([path.relative_to(root).as_posix() for path, _ in entries], dtype=np.str_)
+        return pixels, labels, ids
+
+    inputs, labels, ids = read(files)
+    if has_test:
+        test_inputs, test_labels, test_ids = read(test_files)
+        _unique_ids(np.concatenate([ids, test_ids]), root)
+        train = TensorSet(torch.from_numpy(inputs), torch.from_numpy(labels), tuple(ids.tolist()))
+        test = TensorSet(torch.from_numpy(test_inputs), torch.from_numpy(test_labels), tuple(test_ids.tolist()))
+    else:
+        _unique_ids(ids, root)
+        train_index, test_index = _split_or_error(labels, test_fraction, seed, root)
+        tensor = torch.from_numpy(inputs)
+
+        def part(index: np.ndarray) -> TensorSet:
+            return TensorSet(tensor[index], torch.from_numpy(labels[index]), tuple(ids[index].tolist()))
+
+        train, test = part(train_index), part(test_index)
+    scaled = as_float(train.inputs)
+    dims = (0, 2, 3)
+    return DataBundle(
+        name,
+        train,
+        test,
+        len(class_names),
+        tuple(scaled.mean(dims).tolist()),
+        tuple(scaled.std(dims).tolist()),
+        extra={"seed": seed, "source": str(root), "classes": class_names},
+    )
+
+
+def _as_mode(image, grey: bool):
+    if grey:
+        if image.mode in ("I", "I;16", "F"):  # 16-bit and float grey: scale into 0..255
+            array = np.asarray(image, dtype=np.float64)
+            peak = 65535.0 if image.mode != "F" or array.max() > 1 else 1.0
+            from PIL import Image
+
+            return Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+        return image.convert("L")
+    return image.convert("RGB")
+
+
+def _unique_ids(ids: np.ndarray, what: Path) -> None:
+    values, counts = np.unique(ids, return_counts=True)
+    repeated = values[counts > 1]
+    if len(repeated):
+        raise DataSourceError(f"{what}: sample ids are not unique: {preview(repeated.tolist())} repeat")
+
+
+def _npz_shape(path: Path, key: str = "x") -> tuple[int, ...] | None:
+    """The shape of array `key` in an .npz file, read from its header (no data loaded); None if unknown."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as handle:
+            version = np.lib.format.read_magic(handle)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = header(handle)
+            return tuple(shape)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+
+
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held_out): `fraction` of each class held out, seeded."""
     rng = np.random.RandomState(seed)
@@ -262,9 +499,19 @@ def _as_nchw(inputs: np.ndarray, path: Path) -> np.ndarray:
     return inputs
 
 
-def _npz(path: Path, seed: int) -> DataBundle:
+def _npz(
+    path: Path,
+    seed: int,
+    *,
+    name: str | None = None,
+    test_fraction: float = 0.2,
+    max_bytes: int | None = None,
+) -> DataBundle:
     if not path.is_file():
         raise DatasetNotFoundError(f"npz data set {path} does not exist")
+    shape = _npz_shape(path)
+    if max_bytes is not None and shape is not None and len(shape) >= 3:
+        _check_memory(shape[0], shape[1:], max_bytes, path)
     with np.load(path, allow_pickle=False) as arrays:
         missing = {"x", "y"} - set(arrays.files)
         if missing:
@@ -278,9 +525,12 @@ def _npz(path: Path, seed: int) -> DataBundle:
             raise ConfigError(f"{path}: float inputs must lie in [0, 1] (or pass uint8 0..255)")
     if ids is None:
         ids = np.array([f"{path.stem}/{i:05d}" for i in range(len(labels))])
-    if len(set(ids.tolist())) != len(ids):
-        raise ConfigError(f"{path}: `ids` are not unique")
-    train_index, test_index = _holdout(labels, 0.2, seed)
+    if len(ids) != len(labels):
+        raise DataSourceError(f"{path}: {len(ids)} ids for {len(labels)} labels")
+    _unique_ids(ids, path)
+    if len(labels) and labels.min() < 0:
+        raise DataSourceError(f"{path}: labels `y` must be integers 0..C-1, found {int(labels.min())}")
+    train_index, test_index = _split_or_error(labels, test_fraction, seed, path)
     tensor = torch.from_numpy(np.ascontiguousarray(inputs))
 
     def part(index: np.ndarray) -> TensorSet:
@@ -290,7 +540,7 @@ def _npz(path: Path, seed: int) -> DataBundle:
     scaled = as_float(train.inputs)
     dims = (0, 2, 3)
     return DataBundle(
-        path.stem,
+        name or path.stem,
         train,
         part(test_index),
         int(labels.max()) + 1,

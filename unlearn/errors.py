@@ -36,6 +36,14 @@ class DatasetNotFoundError(UnlearnError, FileNotFoundError):
     """A torchvision data set missing from its local root (download was not asked for)."""
 
 
+class DataSourceError(ConfigError):
+    """An own data set (npz file, image folder) whose contents cannot be used as they are."""
+
+
+class DatasetTooLargeError(DataSourceError):
+    """A data set whose inputs would not fit the memory limit (`data.max_bytes`)."""
+
+
 def preview(items, limit: int = 10) -> str:
     """A short, readable list of offending items for an error message."""
     items = list(items)

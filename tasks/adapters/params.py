@@ -45,12 +45,23 @@ class Strict(BaseModel):
 
 
 class DataParams(Strict):
-    """Which data set, from where, split how (train/test split seed)."""
+    """Which data set, from where, split how (train/test split seed).
+
+    `source: preset` is the preset's own data set; `npz` (arrays x, y, optional ids) and `images`
+    (one subfolder per class, PNG or JPEG; ids are paths relative to `path`) read the user's own
+    data at `path`. The preset stays the recipe (architecture, epochs, batch size, learning rate).
+    """
 
     preset: str = "digits"
     root: str = "data/external"
     download: bool = False
     seed: int = 0
+    source: Literal["preset", "npz", "images"] = "preset"
+    path: str | None = None
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    image_size: int | list[int] | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_bytes: int = Field(4 * 1024**3, gt=0)
 
     @field_validator("preset")
     @classmethod
@@ -58,6 +69,30 @@ class DataParams(Strict):
         if value not in PRESETS:
             raise ValueError(f"unknown preset {value!r}; known: {', '.join(PRESETS)}")
         return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int | list[int] | None) -> int | list[int] | None:
+        sizes = [value] if isinstance(value, int) else value or []
+        if (isinstance(value, list) and len(value) != 2) or any(size < 1 for size in sizes):
+            raise ValueError("image_size is a positive size or [height, width]")
+        return value
+
+    @model_validator(mode="after")
+    def _path_for_own_data(self) -> DataParams:
+        if self.source != "preset" and not self.path:
+            raise ValueError(f"data.source {self.source} needs data.path (the .npz file or the image folder)")
+        return self
+
+    @property
+    def dataset(self) -> str:
+        """The data set's name: the preset's data set, or `name` (else the file's or folder's name) for own data.
+
+        The prepared bundle, its checkpoints and the registered model (`tasks.adapters.registry`) carry it.
+        """
+        from unlearn.data import source_name
+
+        return source_name(self.source, self.path, PRESETS[self.preset].dataset, self.name)
 
 
 class Scenario(Strict):

@@ -116,14 +116,30 @@ class PromotionError(RegistryError):
 
 
 def model_name(dataset: str, arch: str) -> str:
-    """The registered model of a data set and architecture: `unlearn-<dataset>-<arch>`."""
+    """The registered model of a data set and architecture: `unlearn-<dataset>-<arch>`.
+
+    The one function that names it: registration passes a checkpoint's `dataset` (the prepared
+    bundle's name, `DataParams.dataset`) and `arch`; lookups pass the same through `params_model_name`.
+    """
     return f"unlearn-{dataset}-{arch}"
 
 
+def checkpoint_model_name(metadata: Mapping) -> str:
+    """The registered model a checkpoint (its metadata) is registered under."""
+    return model_name(metadata["dataset"], metadata["arch"])
+
+
+def params_model_name(params) -> str:
+    """The registered model of parameters: their data set's name (`DataParams.dataset`) and the preset's arch."""
+    return model_name(params.data.dataset, get_preset(params.data.preset).arch)
+
+
 def default_model_name(params_path: str | Path = PARAMS_FILE) -> str:
-    """The registered model of params.yaml's preset (the digits preset where there is no file)."""
-    preset = get_preset(load_params(params_path).data.preset if Path(params_path).is_file() else "digits")
-    return model_name(preset.dataset, preset.arch)
+    """The registered model of params.yaml (the digits preset's where there is no file)."""
+    if not Path(params_path).is_file():
+        preset = get_preset("digits")
+        return model_name(preset.dataset, preset.arch)
+    return params_model_name(load_params(params_path))
 
 
 @dataclass(frozen=True)
@@ -366,7 +382,7 @@ def _register_checkpoint(
     goes to `experiment` and carries the batch id, so `tasks.production.deletion.close_interrupted` finds it.
     """
     meta = checkpoint.metadata
-    name = model_name(meta["dataset"], meta["arch"])
+    name = checkpoint_model_name(meta)
     run_tags = {"dataset": meta["dataset"], "arch": meta["arch"], **{k: tags[k] for k in (BATCH_TAG,) if k in tags}}
     run = (
         nullcontext()
@@ -415,7 +431,7 @@ def register_original(
     """
     checkpoint = load_checkpoint(checkpoint_path)
     if champion:
-        _require_no_champion(model_name(checkpoint.metadata["dataset"], checkpoint.metadata["arch"]))
+        _require_no_champion(checkpoint_model_name(checkpoint.metadata))
     version_tags = dict(tags or {})
     if parent_version is not None:
         version_tags[PARENT_TAG] = str(parent_version)

@@ -31,7 +31,7 @@ from tasks.adapters.expectations import validate_against
 from tasks.adapters.ledger import Ledger, batch_split, validate_batch
 from tasks.adapters.params import Params, method_config
 from tasks.adapters.requests import DeletionRequest, Inbox, InboxError, new_batch_id, open_inbox
-from tasks.adapters.workspace import bundle, device, dvc_add, load_model, preset
+from tasks.adapters.workspace import bundle, device, dvc_add, load_model
 from tasks.production import audit
 from tasks.production.audit import BatchAudit
 from tasks.stages.steps import evaluate_split, unlearn_checkpoint
@@ -246,9 +246,8 @@ def restore_batch(params: Params, batch_id: str, pull: bool = True) -> list[Path
 
 
 def model_name(params: Params) -> str:
-    """The registered model of the preset's data set and architecture."""
-    recipe = preset(params)
-    return registry.model_name(recipe.dataset, recipe.arch)
+    """The registered model of the data set (`params.data.dataset`) and the preset's architecture."""
+    return registry.params_model_name(params)
 
 
 def champion_version(params: Params):

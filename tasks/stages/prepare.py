@@ -17,6 +17,7 @@ from tasks.adapters.params import Params
 from tasks.adapters.workspace import preset
 from tasks.stages.entry import stage_main
 from unlearn.data import DataBundle, load_dataset
+from unlearn.data import load_source as own_data
 from unlearn.errors import ConfigError
 
 PURGE_RECORD_SUFFIX = ".purge.json"
@@ -65,12 +66,28 @@ def without(bundle: DataBundle, sample_ids: set[str]) -> DataBundle:
     return bundle if len(kept) == len(bundle.train) else replace(bundle, train=bundle.train.subset(kept))
 
 
-def prepare(params: Params) -> Path:
-    """Load the preset's data set (split seeded once), leave out the purged samples, write it to `layout.RAW`."""
-    bundle = load_dataset(
-        preset(params).dataset, params.data.root, seed=params.data.seed, download=params.data.download
+def load_source(params: Params) -> DataBundle:
+    """The data set `data.source` names: the preset's, an npz file or an image folder (split seeded once).
+
+    Its name is `params.data.dataset`, the name the registered model is looked up by.
+    """
+    data = params.data
+    if data.source == "preset":
+        return load_dataset(preset(params).dataset, data.root, seed=data.seed, download=data.download)
+    return own_data(
+        data.source,
+        data.path,
+        name=data.dataset,
+        seed=data.seed,
+        test_fraction=data.test_fraction,
+        image_size=data.image_size,
+        max_bytes=data.max_bytes,
     )
-    return without(bundle, purged_sample_ids(params.deletion.ledger)).save(layout.RAW)
+
+
+def prepare(params: Params) -> Path:
+    """Load the source's data set (split seeded once), leave out the purged samples, write it to `layout.RAW`."""
+    return without(load_source(params), purged_sample_ids(params.deletion.ledger)).save(layout.RAW)
 
 
 if __name__ == "__main__":
