@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.adapters import layout, registry
-from tasks.adapters.requests import DeletionRequest
+from tasks.adapters.requests import DeletionRequest, open_inbox
 from tasks.adapters.workspace import bundle, load_model
 from tasks.production import deletion
 from tasks.production.promotion import review
@@ -20,6 +21,25 @@ from tasks.production.promotion import review
 def tool_env() -> dict[str, str]:
     """The environment with this venv's tools (dvc) first on PATH and DVC's analytics off."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shrunk_params() -> dict:
+    """The project's params.yaml, shrunk: one seed, two epochs, a 50%-sparse champion, quick FT, a small pool."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(seeds=[0], epochs=2)
+    params["unlearn"]["settings"]["ft"] = {"epochs": 1}
+    params["deletion"].update(method="ft", sparsity=0.5, dvc_push=True)
+    params["audit"].update(references=4, probe_size=50)  # 4 two-epoch references
+    return params
+
+
+def submit(params_path: str, request_id: str, sample_ids: list[str]) -> None:
+    """Write a request into the inbox of the params file at `params_path`."""
+    inbox = open_inbox(yaml.safe_load(Path(params_path).read_text())["deletion"]["inbox"])
+    inbox.submit(DeletionRequest(request_id=request_id, sample_ids=sample_ids))
 
 
 def enter_project(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

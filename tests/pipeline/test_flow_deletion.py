@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from projects import enter_project, tool_env
+from projects import enter_project, shrunk_params, submit, tool_env
 
 from tasks.adapters import registry, tracking
 from tasks.adapters.requests import DeletionRequest, open_inbox
@@ -26,22 +26,12 @@ STEPS = ("record", "write_split", "version_split", "unlearn_champion", "evaluate
          "register_candidate", "attach_review", "finish")  # fmt: skip
 
 
-def base_params() -> dict:
-    """The project's params.yaml, shrunk: one seed, two epochs, a 50%-sparse champion, quick FT."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(seeds=[0], epochs=2)
-    params["unlearn"]["settings"]["ft"] = {"epochs": 1}
-    params["deletion"].update(method="ft", sparsity=0.5, dvc_push=True)
-    params["audit"].update(references=4, probe_size=50)  # a small pool: 4 two-epoch references
-    return params
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api):
     """A git + DVC project folder with a registered champion; the working folder for the module."""
     monkeypatch = pytest.MonkeyPatch()
     folder = enter_project(tmp_path_factory.mktemp("project"), monkeypatch)
-    (folder / "params.yaml").write_text(yaml.safe_dump(base_params()))
+    (folder / "params.yaml").write_text(yaml.safe_dump(shrunk_params()))
     from flows.train_original import train_original
 
     summary = train_original("params.yaml")
@@ -54,16 +44,11 @@ def params_path(project, request) -> str:
     """A params file of this test's own: its inbox and ledger."""
     folder, _ = project
     name = request.node.name.replace("[", "-").replace("]", "")
-    params = base_params()
+    params = shrunk_params()
     params["deletion"].update(inbox=f"data/requests/{name}", ledger=f"data/ledger/{name}.csv")
     path = folder / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path.name
-
-
-def submit(params_path: str, request_id: str, sample_ids: list[str]) -> None:
-    inbox = open_inbox(yaml.safe_load(Path(params_path).read_text())["deletion"]["inbox"])
-    inbox.submit(DeletionRequest(request_id=request_id, sample_ids=sample_ids))
 
 
 def versions_of_batch(batch_id: str):
@@ -401,7 +386,7 @@ def test_train_original_on_an_empty_registry_leaves_out_every_ledger_sample(proj
     ledger_path = "data/ledger/lost-registry.csv"
     deleted = [f"digits/train/{n:05d}" for n in (90, 91, 92)]
     Ledger.load(ledger_path).extend("batch-old", [make_request(request_id="req-old", sample_ids=deleted)]).save()
-    params = base_params()
+    params = shrunk_params()
     params["deletion"].update(ledger=ledger_path, inbox="data/requests/lost-registry")
     Path("params-lost.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")  # the registry is gone

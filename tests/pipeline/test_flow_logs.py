@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from projects import enter_project
+from projects import enter_project, shrunk_params, submit
 
 from tasks.adapters import registry
-from tasks.adapters.requests import DeletionRequest, open_inbox
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def base_params() -> dict:
-    """The project's params.yaml, shrunk: one seed, two epochs, a 50%-sparse champion, one-epoch FT."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(seeds=[0], epochs=2)
-    params["unlearn"]["settings"]["ft"] = {"epochs": 1}
-    params["deletion"].update(method="ft", sparsity=0.5, dvc_push=True)
-    return params
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def project(tmp_path_factory, prefect_api):
     """A git + DVC project with a registered champion (no reference pool: batches go unaudited, and say so)."""
     monkeypatch = pytest.MonkeyPatch()
     folder = enter_project(tmp_path_factory.mktemp("project"), monkeypatch)
-    (folder / "params.yaml").write_text(yaml.safe_dump(base_params()))
+    (folder / "params.yaml").write_text(yaml.safe_dump(shrunk_params()))
     from flows.train_original import train_original
 
     state = train_original("params.yaml", build_pool=False, return_state=True)
@@ -49,16 +39,11 @@ def project(tmp_path_factory, prefect_api):
 def params_path(project, request) -> str:
     """A params file of this test's own: its inbox and ledger."""
     folder, _ = project
-    params = base_params()
+    params = shrunk_params()
     params["deletion"].update(inbox=f"data/requests/{request.node.name}", ledger=f"data/ledger/{request.node.name}.csv")
     path = folder / f"params-{request.node.name}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path.name
-
-
-def submit(params_path: str, request_id: str, sample_ids: list[str]) -> None:
-    inbox = open_inbox(yaml.safe_load(Path(params_path).read_text())["deletion"]["inbox"])
-    inbox.submit(DeletionRequest(request_id=request_id, sample_ids=sample_ids))
 
 
 def run_logs(client, flow_run_id, until, timeout: float = 30.0) -> list:
