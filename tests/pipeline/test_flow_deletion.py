@@ -21,7 +21,6 @@ from tasks.adapters.requests import DeletionRequest, open_inbox
 from tasks.production import deletion
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("record", "write_split", "version_split", "unlearn_champion", "evaluate_candidate", "audit_batch",
          "register_candidate", "attach_review", "finish")  # fmt: skip
 
