@@ -79,6 +79,15 @@ class TensorSet:
         return TensorSet(self.inputs, labels.to(self.labels.device), self.ids)
 
 
+def concatenate(first: TensorSet, second: TensorSet) -> TensorSet:
+    """The rows of `first` followed by the rows of `second`."""
+    return TensorSet(
+        torch.cat([first.inputs, second.inputs.to(first.inputs.device)]),
+        torch.cat([first.labels, second.labels.to(first.labels.device)]),
+        first.ids + second.ids,
+    )
+
+
 @dataclass(frozen=True)
 class DataBundle:
     """A data set split into train (and optional validation) and test sets."""

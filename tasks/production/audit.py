@@ -56,7 +56,7 @@ from unlearn.audit import (
     logit_confidence,
     unseen_share,
 )
-from unlearn.data import DataBundle, TensorSet
+from unlearn.data import DataBundle, TensorSet, concatenate
 from unlearn.methods import run_method
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,7 @@ def scored_samples(data: DataBundle) -> TensorSet:
     ids = data.train.ids + data.test.ids
     if len(set(ids)) != len(ids):
         raise AuditError("the training and test sets share sample ids: the audit cannot tell them apart")
-    return TensorSet(
-        torch.cat([data.train.inputs, data.test.inputs]), torch.cat([data.train.labels, data.test.labels]), ids
-    )
+    return concatenate(data.train, data.test)
 
 
 @dataclass(frozen=True)
@@ -301,8 +299,7 @@ def _set_of(data: DataBundle, columns: np.ndarray) -> TensorSet:
     n_train = len(data.train)
     train = data.train.subset([int(c) for c in columns if c < n_train])
     test = data.test.subset([int(c) - n_train for c in columns if c >= n_train])
-    return TensorSet(torch.cat([train.inputs, test.inputs]), torch.cat([train.labels, test.labels]),
-                     train.ids + test.ids)  # fmt: skip
+    return concatenate(train, test)
 
 
 def audit_candidate(

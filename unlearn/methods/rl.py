@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from unlearn.data import TensorSet
+from unlearn.data import TensorSet, concatenate
 from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
@@ -43,15 +43,6 @@ def output_classes(model: nn.Module) -> int:
     if not linears:
         raise ConfigError("random labelling needs a model whose last layer is nn.Linear")
     return linears[-1].out_features
-
-
-def concatenate(first: TensorSet, second: TensorSet) -> TensorSet:
-    """The rows of `first` followed by the rows of `second`."""
-    return TensorSet(
-        torch.cat([first.inputs, second.inputs.to(first.inputs.device)]),
-        torch.cat([first.labels, second.labels.to(first.labels.device)]),
-        first.ids + second.ids,
-    )
 
 
 def random_labeller(forget_size: int, retain_labels: Tensor, classes: int, seed: int) -> Callable[[int], Tensor]:
