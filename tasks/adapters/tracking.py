@@ -20,8 +20,8 @@ Opening a run: `run(params, kind, name, config, **tags)`, the one entry point of
 and flow (`tasks.adapters.workspace.tracked` is the same function, imported lazily). It yields a tracker:
 a `Tracker` (an active MLflow run) when `params.tracking.enabled`, else a `NoTracker` with the
 same methods doing nothing, so callers never branch. Runs go to experiment
-`params.tracking.experiment` and carry the tags dataset, arch and device (of `params`'s
-preset) besides those of `run_tags`. `start_run` is the low-level helper beneath it.
+`params.tracking.experiment` and carry the tags dataset (the data set's name), arch (the
+preset's) and device besides those of `run_tags`. `start_run` is the low-level helper beneath it.
 
 The model registry is the exception: `tracking.enabled` governs the study's and the flows'
 runs, but registering a version needs a logged model, hence a run. So `tasks.adapters.registry` always
@@ -558,7 +558,9 @@ def run(params: Params, kind: str, name: str, config: Any = None, /, **tags: Any
 
     Yields a `Tracker` of a new run in experiment `params.tracking.experiment` (a child of the
     active run, if any) when `params.tracking.enabled`, else a `NoTracker`. The run carries
-    `run_tags(kind)`, the preset's dataset and arch and the device, then `tags` (which win).
+    `run_tags(kind)`, the data set's name (`DataParams.dataset`: the preset's data set or the
+    user's own, as the registered model is named), the preset's arch and the device, then `tags`
+    (which win).
 
     Args:
         config: what made the run (a pydantic model, dataclass or dict), logged as its params.
@@ -567,8 +569,7 @@ def run(params: Params, kind: str, name: str, config: Any = None, /, **tags: Any
     if not params.tracking.enabled:
         yield NoTracker()
         return
-    recipe = preset(params)
-    standard = {"dataset": recipe.dataset, "arch": recipe.arch, "device": str(device())}
+    standard = {"dataset": params.data.dataset, "arch": preset(params).arch, "device": str(device())}
     with start_run(
         kind, name, params=config, tags={**standard, **tags}, experiment=params.tracking.experiment
     ) as active:
