@@ -4,6 +4,10 @@ All accuracies and MIA scores are percentages. The membership
 inference attack (MIA) follows the official `evaluation/SVC_MIA.py`: one RBF support
 vector classifier per attack feature, fitted on shadow members (the first |test| retain
 samples) against shadow non-members (the test set), then applied to the target set.
+
+Beside MIA-efficacy the attack's own power is measured (`attack_power`): how well the same
+attack tells its shadow members from its shadow non-members on samples it was not fitted on.
+Near 50% the attack cannot separate the two, and its MIA-efficacy says nothing about forgetting.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 from torch import nn
 
@@ -33,6 +38,17 @@ HEADLINE_METRICS = (*GAP_METRICS, "RTE_seconds")
 FORGETTING_METRICS = ("UA", "MIA_efficacy")
 # Keeps log() finite at probability 0 or 1, as the official code's 1e-30 floor does.
 EPSILON = 1e-30
+# The attack's power is measured out of sample by this many folds of stratified cross-validation
+# (shuffled with MIA_POWER_SEED) over its own shadow set: each shadow sample is scored by an attack
+# fitted on the other folds. Past MIA_POWER_SAMPLES members or non-members, a seeded subsample of that
+# many of each is cross-validated: an SVC's cost grows faster than its data (one fit on 2 x 10,000
+# confidences takes about 10 s on a CPU, 5-fold cross-validation of it about 55 s; of 2 x 2,000, 1.6 s),
+# and 2,000 a side already bound the estimate's standard error near 1 point.
+MIA_POWER_FOLDS = 5
+MIA_POWER_SEED = 0
+MIA_POWER_SAMPLES = 2000
+# Chance: the balanced accuracy of an attack that cannot tell members from non-members, in percent.
+MIA_CHANCE = 50.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,47 @@ def fit_attack(members: np.ndarray, non_members: np.ndarray) -> Callable[[np.nda
     return classifier.predict
 
 
+def attack_power(
+    members: np.ndarray, non_members: np.ndarray, folds: int = MIA_POWER_FOLDS, samples: int = MIA_POWER_SAMPLES
+) -> float | None:
+    """The attack's balanced accuracy, in percent, on members (1) against non-members (0), out of sample.
+
+    Stratified `folds`-fold cross-validation (shuffled, seed MIA_POWER_SEED): each sample is
+    predicted by `fit_attack` fitted on the other folds; the score is the mean of the member
+    rate on `members` and the non-member rate on `non_members`. 50 is chance, 100 a perfect
+    separation. A side of more than `samples` rows is subsampled to `samples` (seeded). Fewer
+    folds are used when a side has fewer samples than `folds`; None when a side has fewer than 2
+    (no held-out sample of each kind can be scored).
+    """
+    smaller = min(len(members), len(non_members))
+    if smaller < 2:
+        return None
+    generator = np.random.default_rng(MIA_POWER_SEED)
+    members, non_members = (
+        side[np.sort(generator.choice(len(side), samples, replace=False))] if len(side) > samples else side
+        for side in (members, non_members)
+    )
+    features = np.concatenate([members, non_members])
+    membership = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))]).astype(np.int64)
+    predicted = np.empty(len(membership), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=min(folds, smaller), shuffle=True, random_state=MIA_POWER_SEED)
+    for fitted, held_out in splitter.split(features, membership):
+        inside = fitted[membership[fitted] == 1]
+        outside = fitted[membership[fitted] == 0]
+        predicted[held_out] = fit_attack(features[inside], features[outside])(features[held_out])
+    member_rate = np.mean(predicted[membership == 1] == 1)
+    non_member_rate = np.mean(predicted[membership == 0] == 0)
+    return 100.0 * float((member_rate + non_member_rate) / 2)
+
+
+def near_chance(power: float | None, margin: float) -> bool:
+    """Whether an attack of this power (percent, `attack_power`) is within `margin` points of chance or below.
+
+    An unmeasured power (None) counts as near chance: nothing shows the attack separates anything.
+    """
+    return power is None or power < MIA_CHANCE + margin
+
+
 def svc_mia(
     shadow_members: Posteriors,
     shadow_non_members: Posteriors,
@@ -156,15 +213,30 @@ def svc_mia(
     return scores
 
 
+def efficacy_shadow(retain: Posteriors, test: Posteriors) -> tuple[Posteriors, Posteriors]:
+    """MIA-efficacy's shadow set: members are the first |test| retain rows in order (all of Dr if it
+    is smaller), non-members the test set."""
+    return retain.rows(0, len(test)), test
+
+
 def forget_efficacy(
     retain: Posteriors, forget: Posteriors, test: Posteriors, features: Sequence[str] = MIA_FEATURES
 ) -> dict[str, float]:
     """MIA-efficacy per feature: percent of Df the attack calls non-member (higher = more forgotten).
 
-    Shadow members are the first |test| retain rows in order (all of Dr if it is smaller);
-    shadow non-members are the test set; the target is Df, all of it meant as non-member.
+    The attack is fitted on `efficacy_shadow`; the target is Df, all of it meant as non-member.
     """
-    return svc_mia(retain.rows(0, len(test)), test, target_non_members=forget, features=features)
+    return svc_mia(*efficacy_shadow(retain, test), target_non_members=forget, features=features)
+
+
+def efficacy_power(retain: Posteriors, test: Posteriors, feature: str = HEADLINE_FEATURE) -> float | None:
+    """The power of MIA-efficacy's attack on `feature`: `attack_power` on its own shadow set, in percent.
+
+    Near MIA_CHANCE (50) the attack cannot tell retained samples from test samples on this model,
+    so whatever share of Df it calls non-member measures the attack, not the forgetting.
+    """
+    members, non_members = (attack_features(part, (feature,))[feature] for part in efficacy_shadow(retain, test))
+    return attack_power(members, non_members)
 
 
 def training_privacy(retain: Posteriors, test: Posteriors, features: Sequence[str] = MIA_FEATURES) -> dict[str, float]:
@@ -206,6 +278,8 @@ class Evaluation:
         mia_efficacy: MIA-efficacy: percent of Df the confidence-feature attack calls non-member.
         mia_features: MIA-efficacy of each attack feature computed, "confidence" included.
         mia_privacy: MIA-privacy per feature (balanced attack accuracy); empty unless asked for.
+        mia_power: the power of MIA-efficacy's confidence attack (`efficacy_power`): its balanced
+            accuracy on its own shadow members against non-members, out of sample; None if not measured.
         rte_seconds: RTE, run-time efficiency: wall seconds of the unlearning; None if untimed.
         sparsity_percent: percent of Conv2d weights that are exactly zero.
     """
@@ -218,11 +292,12 @@ class Evaluation:
     mia_privacy: dict[str, float] = field(default_factory=dict)
     rte_seconds: float | None = None
     sparsity_percent: float = 0.0
+    mia_power: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         """Flat {name: value}: UA, RA, TA, MIA_efficacy[_<feature>], MIA_privacy[_<feature>], ...
 
-        "RTE_seconds" is present only when timed; "MIA_privacy" only when computed.
+        "RTE_seconds" is present only when timed; "MIA_privacy" and "MIA_power" only when computed.
         """
         values = {"UA": self.ua, "RA": self.ra, "TA": self.ta, "MIA_efficacy": self.mia_efficacy}
         values.update({f"MIA_efficacy_{name}": score for name, score in self.mia_features.items()})
@@ -232,6 +307,8 @@ class Evaluation:
         if self.rte_seconds is not None:
             values["RTE_seconds"] = self.rte_seconds
         values["sparsity_percent"] = self.sparsity_percent
+        if self.mia_power is not None:
+            values["MIA_power"] = self.mia_power
         return {name: float(value) for name, value in values.items()}
 
     @classmethod
@@ -244,7 +321,7 @@ class Evaluation:
         def features(prefix: str) -> dict[str, float]:
             return {name: float(values[f"{prefix}_{name}"]) for name in MIA_FEATURES if f"{prefix}_{name}" in values}
 
-        rte = values.get("RTE_seconds")
+        rte, power = values.get("RTE_seconds"), values.get("MIA_power")
         return cls(
             float(values["UA"]),
             float(values["RA"]),
@@ -254,6 +331,7 @@ class Evaluation:
             features("MIA_privacy"),
             None if rte is None else float(rte),
             float(values.get("sparsity_percent", 0.0)),
+            None if power is None else float(power),
         )
 
 
@@ -268,7 +346,7 @@ def evaluate(
     features: Sequence[str] = MIA_FEATURES,
     privacy: bool = False,
 ) -> Evaluation:
-    """UA, RA, TA, MIA-efficacy, RTE and sparsity of `model` (one forward pass per set).
+    """UA, RA, TA, MIA-efficacy with its attack's power, RTE and sparsity of `model` (one forward pass per set).
 
     Args:
         seconds: wall time of the unlearning that made `model`, reported as RTE.
@@ -291,6 +369,7 @@ def evaluate(
         mia_privacy=training_privacy(retain, test, names) if privacy else {},
         rte_seconds=seconds,
         sparsity_percent=100.0 * sparsity(model),
+        mia_power=efficacy_power(retain, test),
     )
 
 

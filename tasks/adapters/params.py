@@ -26,6 +26,7 @@ from unlearn.data import DATASETS
 from unlearn.errors import ConfigError
 from unlearn.methods import APPROXIMATE_METHODS, METHOD_NAMES, default_config
 from unlearn.presets import PRESETS
+from unlearn.threads import DEFAULT_WAIT_POLICY, WAIT_POLICIES, parse_threads
 from unlearn.train import TrainConfig
 from unlearn.transfer import TRANSFER_PRESETS, TransferConfig, TransferPreset
 
@@ -204,6 +205,21 @@ class AuditParams(Strict):
         if value is not None and value % 2:
             raise ValueError(f"must be even (each sample is IN for exactly half the references), got {value}")
         return value
+
+
+class ComputeParams(Strict):
+    """How each stage, flow task and command uses the CPU (`unlearn.threads.configure_threads`).
+
+    It changes how fast the study runs, never what it computes, so no stage lists it as a DVC param.
+    """
+
+    threads: int | str = "auto"  # auto: the free cores (cores less those other work keeps busy), or a number
+    wait_policy: Literal[WAIT_POLICIES] = DEFAULT_WAIT_POLICY  # how OpenMP's idle threads wait: passive | active | auto
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> int | str:
+        return parse_threads(value, key=None)
 
 
 class DeletionParams(Strict):
@@ -398,6 +414,7 @@ class Params(Strict):
     tracking: TrackingParams = TrackingParams()
     backdoor: BackdoorParams = BackdoorParams()
     transfer: TransferParams = TransferParams()
+    compute: ComputeParams = ComputeParams()
     tuned: Tuned = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
-
-import torch
 
 from tasks.adapters import layout
 from tasks.adapters.params import load_params
 from unlearn.errors import UnlearnError
+from unlearn.threads import configure_threads
 
 
 def stage_main(description: str, run: Callable[..., object], *arguments: tuple) -> None:
@@ -20,6 +18,8 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
 
     An argument is `(name, type)`, required, or `(name, type, help)`, optional: left out, `run`
     gets its default. Bad input ends the process with status 2 and the error's message.
+    Before `run`, the process takes its threads and OpenMP wait policy from `compute`
+    (`unlearn.threads.configure_threads`) and logs what it chose and why.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default=str(layout.PARAMS_FILE))
@@ -27,9 +27,9 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
         parser.add_argument(f"--{name}", type=kind, required=not optional, help=optional[0] if optional else None)
     args = {name: value for name, value in vars(parser.parse_args()).items() if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     try:
         params = load_params(args.pop("params"))
+        logging.getLogger(__name__).info(configure_threads(params.compute.threads, params.compute.wait_policy).line())
         run(params, **args)
     except UnlearnError as error:
         print(f"error: {error}", file=sys.stderr)

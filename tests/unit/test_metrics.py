@@ -14,7 +14,10 @@ from unlearn.metrics import (
     MIA_FEATURES,
     Evaluation,
     Posteriors,
+    attack_features,
+    attack_power,
     compare_to_retrain,
+    efficacy_power,
     entropy,
     evaluate,
     fit_attack,
@@ -22,6 +25,7 @@ from unlearn.metrics import (
     metric_gaps,
     mia_efficacy,
     modified_entropy,
+    near_chance,
     posteriors,
     rte_ratio,
     svc_mia,
@@ -109,6 +113,8 @@ def test_mia_efficacy_separates_confident_from_unconfident_forget_sets(cpu):
     assert result.mia_efficacy == pytest.approx(100.0)
     assert set(result.mia_features) == set(MIA_FEATURES)
     assert result.mia_features["entropy"] == pytest.approx(100.0)
+    # Its shadow members (the confident first 60 of Dr) and non-members separate perfectly.
+    assert result.mia_power == pytest.approx(100.0) and result.as_dict()["MIA_power"] == result.mia_power
 
 
 def test_retain_smaller_than_test_uses_all_of_it(cpu):
@@ -192,6 +198,7 @@ def test_rte_ratio():
 
 def test_as_dict_names_and_round_trip():
     evaluation = replace(RETRAIN, mia_features={"confidence": 100.0, "entropy": 97.5}, mia_privacy={"confidence": 51.0})
+    assert Evaluation.from_dict(replace(evaluation, mia_power=53.5).as_dict()).mia_power == 53.5
     values = evaluation.as_dict()
     assert values == {
         "UA": 100.0,
@@ -209,6 +216,40 @@ def test_as_dict_names_and_round_trip():
     assert "RTE_seconds" not in replace(evaluation, rte_seconds=None).as_dict()
     with pytest.raises(ConfigError, match="missing"):
         Evaluation.from_dict({"UA": 1.0})
+
+
+def test_attack_power_is_near_chance_where_members_and_non_members_look_alike():
+    # Both sides drawn from one distribution: held-out samples cannot be told apart.
+    alike = [attack_features(_posteriors(0.7, 400, seed=seed), ("confidence",))["confidence"] for seed in (2, 3)]
+    power = attack_power(*alike)
+    assert 45.0 < power < 55.0
+    assert near_chance(power, 5.0)
+    # Separable sides: every held-out sample is scored right, far from chance.
+    apart = efficacy_power(_posteriors(0.99, 100), _posteriors(0.4, 80, seed=1))
+    assert apart == pytest.approx(100.0) and not near_chance(apart, 5.0)
+    assert near_chance(None, 5.0) and not near_chance(55.0, 5.0) and near_chance(54.9, 5.0)
+
+
+def test_attack_power_is_out_of_sample():
+    # Points 0, 1, ..., 599 labelled member or not at random: an SVC (C=3, gamma 'auto' = 1 on one
+    # feature) fitted on them scores its own training data perfectly by memorising each point, but a
+    # held-out point's neighbours say nothing of its label: measured in sample, this attack would pass.
+    points = np.random.default_rng(0).permutation(np.arange(600.0))[:, None]
+    members, non_members = points[:300], points[300:]
+    fitted = fit_attack(members, non_members)
+    assert (np.mean(fitted(members) == 1) + np.mean(fitted(non_members) == 0)) / 2 == 1.0
+    assert near_chance(attack_power(members, non_members), 5.0)
+
+
+def test_attack_power_subsamples_large_sides_and_needs_two_of_each():
+    members = attack_features(_posteriors(0.95, 300), ("confidence",))["confidence"]
+    non_members = attack_features(_posteriors(0.6, 300, seed=1), ("confidence",))["confidence"]
+    assert attack_power(members, non_members, samples=40) == attack_power(members, non_members, samples=40)
+    assert attack_power(members, non_members, samples=40) == pytest.approx(100.0)
+    assert attack_power(members[:1], non_members) is None
+    assert 0.0 <= attack_power(members[:3], non_members[:2]) <= 100.0  # 2 folds, not 5
+    # The study's metrics record it; a shadow set without two test samples leaves it unmeasured.
+    assert efficacy_power(_posteriors(0.95, 10), _posteriors(0.6, 1, seed=1)) is None
 
 
 @pytest.mark.slow
