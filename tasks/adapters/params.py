@@ -150,9 +150,14 @@ class UnlearnParams(Strict):
 
 
 class EvaluateParams(Strict):
-    """Evaluation options."""
+    """Evaluation options.
+
+    `mia_chance_margin`: the report flags a seed's MIA-efficacy where its attack's power (balanced
+    accuracy on its own members against non-members, out of sample) is below 50 + this many points.
+    """
 
     mia: bool = True
+    mia_chance_margin: float = Field(5.0, ge=0, le=50)
 
 
 class SampleGateParams(Strict):

@@ -1,9 +1,11 @@
 """Stage `evaluate`: UA, MIA-efficacy, RA, TA, RTE of one method in one scenario, per sparsity.
 
-Writes the method's results (mean and std over seeds per sparsity: what the report reads), a DVC
-plot file (UA, MIA-efficacy, RA, TA against sparsity) and the DVC metrics: per sparsity one flat
-file of the headline means, so `dvc metrics show` is one table, a row per scenario, method and
-sparsity.
+Writes the method's results (what the report reads): per sparsity the mean and std over seeds of
+each headline metric and of the MIA attack's power (`MIA_power`), and under `per_seed` each seed's
+own values (seed -> UA, MIA_efficacy, RA, TA, RTE_seconds, MIA_power, sparsity_percent), so the
+report can show the worst seed and flag seeds whose attack is near chance. Also a DVC plot file
+(UA, MIA-efficacy, RA, TA against sparsity) and the DVC metrics: per sparsity one flat file of the
+headline means, so `dvc metrics show` is one table, a row per scenario, method and sparsity.
 """
 
 from __future__ import annotations
@@ -20,16 +22,26 @@ from tasks.stages.entry import stage_main
 from tasks.stages.steps import evaluate_split
 from unlearn.metrics import GAP_METRICS, HEADLINE_METRICS
 
+# What each seed's entry of `per_seed` keeps: the headline metrics, the attack's power, the sparsity.
+SEED_VALUES = (*HEADLINE_METRICS, "MIA_power", "sparsity_percent")
 
-def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Mean and (sample) std over seeds of each headline metric."""
+
+def summarise(runs: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Mean and (sample) std over seeds of each headline metric and of the attack's power (where
+    every seed measured it); flat, as trackers log it. `runs` maps each seed to its `Evaluation.as_dict()`."""
     summary: dict[str, float] = {"seeds": len(runs)}
-    for name in HEADLINE_METRICS:
-        values = [run[name] for run in runs]
+    measured = [name for name in ("MIA_power",) if all(name in run for run in runs.values())]
+    for name in (*HEADLINE_METRICS, *measured):
+        values = [run[name] for run in runs.values()]
         summary[name] = statistics.fmean(values)
         summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    summary["sparsity_percent"] = statistics.fmean(run["sparsity_percent"] for run in runs)
+    summary["sparsity_percent"] = statistics.fmean(run["sparsity_percent"] for run in runs.values())
     return summary
+
+
+def per_seed(runs: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each seed's SEED_VALUES, keyed by the seed as text (a JSON object's keys)."""
+    return {str(seed): {name: run[name] for name in SEED_VALUES if name in run} for seed, run in runs.items()}
 
 
 def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dict[str, float]]:
@@ -37,15 +49,15 @@ def evaluate_method(params: Params, scenario: str, method: str) -> dict[str, dic
     data, chosen_split = bundle(), split(scenario)
     results: dict[str, dict[str, float]] = {}
     for sparsity in params.prune.sparsities:
-        runs = []
+        runs = {}
         for seed in params.train.seeds:
             model, checkpoint = load_model(layout.unlearned_path(scenario, method, sparsity, seed))
-            runs.append(evaluate_split(model, chosen_split, data, checkpoint.metadata["unlearn_seconds"]))
+            runs[seed] = evaluate_split(model, chosen_split, data, checkpoint.metadata["unlearn_seconds"])
         summary = {"sparsity": sparsity, **summarise(runs)}
         name = f"evaluate-{method}-{scenario}-s{sparsity}"
         with tracked(params, "evaluate", name, None, method=method, scenario=scenario, sparsity=sparsity) as tracker:
             tracker.log_evaluation(summary)
-        results[layout.sparsity_tag(sparsity)] = summary
+        results[layout.sparsity_tag(sparsity)] = {**summary, "per_seed": per_seed(runs)}
     write_results(scenario, method, results)
     return results
 

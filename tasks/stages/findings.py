@@ -7,6 +7,7 @@ prints it, and `unlearn tune` takes finding (c)'s cost limit from it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,16 @@ from tasks.adapters import layout
 from tasks.adapters.params import Params, Scenario, values_text
 from unlearn.errors import ConfigError
 from unlearn.methods import METHODS
-from unlearn.metrics import FORGETTING_METRICS, GAP_METRICS, Evaluation, compare_to_retrain
+from unlearn.metrics import (
+    FORGETTING_METRICS,
+    GAP_METRICS,
+    MIA_CHANCE,
+    MIA_POWER_FOLDS,
+    Evaluation,
+    compare_to_retrain,
+    metric_gaps,
+    near_chance,
+)
 
 STUDY = layout.STUDY_REPORT
 FIGURES = layout.FIGURES
@@ -28,8 +38,10 @@ RTE_RATIO_LIMIT = 0.25
 PAPER_BASELINES = ("ft", "ga", "ff", "iu")
 METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}  # each module's SPEC.label
 METRIC_LABELS = {name: name.replace("_", "-") for name in GAP_METRICS}  # MIA_efficacy: MIA-efficacy
+# Marks an MIA-efficacy cell where some seed's attack is near chance (`near_chance`).
+NEAR_CHANCE_MARK = "†"
 
-Summary = dict[str, float]  # one sparsity of one method: means, stds, seeds
+Summary = dict  # one sparsity of one method: means, stds, seeds, and per_seed: seed -> its values
 MethodResults = dict[str, Summary]  # sparsity tag -> summary
 ScenarioResults = dict[str, MethodResults]  # method -> its results
 Study = dict[str, ScenarioResults]  # scenario -> its results
@@ -77,6 +89,9 @@ def load_method(params: Params, scenario: str, method: str) -> MethodResults:
     missing = [tag for tag in tags if tag not in results]
     if missing:
         raise ConfigError(f"{path} has no entry for sparsities {missing}: {rerun}")
+    stale = [tag for tag in tags if not results[tag].get("per_seed")]
+    if stale:
+        raise ConfigError(f"{path} has no per-seed values for sparsities {stale} (an older evaluate): {rerun}")
     return {tag: results[tag] for tag in tags}
 
 
@@ -114,24 +129,103 @@ def rte_ratio_at(results: ScenarioResults, method: str, sparsity: float) -> floa
     return compare_at(results, method, sparsity)["RTE_ratio"]
 
 
-def metric_cell(summary: Summary, metric: str, gap: float | None) -> str:
-    """`mean±std (gap)`, as the paper's Table 3; Retrain's cells carry no gap."""
+def seed_gaps(summary: Summary, retrain: Summary) -> dict[str, dict[str, float]]:
+    """Per seed (in the order recorded): |its metric − Retrain's mean| for UA, MIA_efficacy, RA, TA,
+    and their mean, `avg_gap`."""
+    reference = Evaluation.from_dict(retrain)
+    gaps = {}
+    for seed, row in summary["per_seed"].items():
+        values = metric_gaps(Evaluation.from_dict(row), reference, None)
+        gaps[seed] = {**values, "avg_gap": float(np.mean(list(values.values())))}
+    return gaps
+
+
+def worst_seed(gaps: dict[str, dict[str, float]], name: str) -> str:
+    """The seed whose `name` (a metric's gap, or `avg_gap`) is largest; the first recorded of equals."""
+    return max(gaps, key=lambda seed: gaps[seed][name])
+
+
+def seed_powers(summary: Summary) -> dict[str, float | None]:
+    """Each seed's MIA-efficacy attack power (percent; None where it was not measured)."""
+    return {seed: row.get("MIA_power") for seed, row in summary["per_seed"].items()}
+
+
+def near_chance_seeds(summary: Summary, margin: float) -> list[str]:
+    """The seeds whose attack is near chance: power below MIA_CHANCE + `margin`, or unmeasured."""
+    return [seed for seed, power in seed_powers(summary).items() if near_chance(power, margin)]
+
+
+def power_text(summary: Summary, margin: float) -> str:
+    """`power 51.2–74.0 †`: the attack's power, lowest–highest over seeds, † if a seed is near chance."""
+    measured = [power for power in seed_powers(summary).values() if power is not None]
+    if not measured:
+        text = "power n/a"
+    elif min(measured) == max(measured):
+        text = f"power {measured[0]:.1f}"
+    else:
+        text = f"power {min(measured):.1f}–{max(measured):.1f}"
+    return f"{text} {NEAR_CHANCE_MARK}" if near_chance_seeds(summary, margin) else text
+
+
+def metric_cell(summary: Summary, metric: str, gap: float | None, worst: str | None = None) -> str:
+    """`mean±std (gap), worst value (seed k)`: the paper's Table 3 cell and its worst seed.
+
+    Retrain's cells carry no gap and no worst seed (`worst` None).
+    """
     text = f"{summary[metric]:.2f}±{summary[f'{metric}_std']:.2f}"
-    return text if gap is None else f"{text} ({gap:.2f})"
+    if gap is not None:
+        text += f" ({gap:.2f})"
+    if worst is not None:
+        text += f", worst {summary['per_seed'][worst][metric]:.2f} (seed {worst})"
+    return text
 
 
-def table_row(results: ScenarioResults, method: str, sparsity: float) -> str:
-    """One method's row at one sparsity: four metric cells, the average gap, RTE and its ratio."""
-    summary = results[method][layout.sparsity_tag(sparsity)]
+def table_row(results: ScenarioResults, method: str, sparsity: float, margin: float) -> str:
+    """One method's row at one sparsity: four metric cells (MIA-efficacy's with its attack's power),
+    the average gap with its worst seed, RTE and its ratio. Worst seeds only where there are two or more."""
+    tag = layout.sparsity_tag(sparsity)
+    summary = results[method][tag]
     compared = compare_at(results, method, sparsity)
     own = method == "retrain"
-    cells = [metric_cell(summary, m, None if own else compared[f"{m}_gap"]) for m in GAP_METRICS]
+    gaps = None if own or len(summary["per_seed"]) < 2 else seed_gaps(summary, results["retrain"][tag])
+    cells = []
+    for metric in GAP_METRICS:
+        worst = worst_seed(gaps, metric) if gaps else None
+        cell = metric_cell(summary, metric, None if own else compared[f"{metric}_gap"], worst)
+        cells.append(f"{cell}; {power_text(summary, margin)}" if metric == "MIA_efficacy" else cell)
+    average = f"{compared['avg_gap']:.2f}"
+    if gaps:
+        worst = worst_seed(gaps, "avg_gap")
+        average += f", worst {gaps[worst]['avg_gap']:.2f} (seed {worst})"
     rte = f"{summary['RTE_seconds']:.2f}±{summary['RTE_seconds_std']:.2f} ({compared['RTE_ratio']:.2f}×)"
-    return "| " + " | ".join([label(method), *cells, f"{compared['avg_gap']:.2f}", rte]) + " |"
+    return "| " + " | ".join([label(method), *cells, average, rte]) + " |"
 
 
-def sparsity_table(results: ScenarioResults, sparsity: float) -> str:
-    """The paper's Table 3 at one sparsity: a row per method."""
+def seeds_listed(seeds: list[str]) -> str:
+    """`seed 2` or `seeds 0, 2`."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+
+
+def chance_threshold(margin: float) -> str:
+    return f"attack power below {MIA_CHANCE + margin:g}%"
+
+
+def near_chance_note(scenario: str, results: ScenarioResults, sparsity: float, margin: float) -> str:
+    """The table's footnote: every (method, seed) of `scenario` at `sparsity` whose attack is near chance."""
+    tag = layout.sparsity_tag(sparsity)
+    flagged = [(method, near_chance_seeds(by_tag[tag], margin)) for method, by_tag in results.items()]
+    listed = "; ".join(f"{label(method)} {seeds_listed(seeds)}" for method, seeds in flagged if seeds)
+    where = f"`{scenario}`, {sparsity_label(sparsity)}"
+    if not listed:
+        return f"{NEAR_CHANCE_MARK} Near-chance MIA ({chance_threshold(margin)}) in {where}: no seed."
+    return (
+        f"{NEAR_CHANCE_MARK} Near-chance MIA ({chance_threshold(margin)}) in {where}: {listed}. "
+        "There the attack cannot tell retained from test samples, and its MIA-efficacy says nothing about forgetting."
+    )
+
+
+def sparsity_table(scenario: str, results: ScenarioResults, sparsity: float, margin: float) -> str:
+    """The paper's Table 3 at one sparsity: a row per method, and the near-chance footnote."""
     tag = layout.sparsity_tag(sparsity)
     retrain_percent = results["retrain"][tag].get("sparsity_percent", 100 * sparsity)
     lines = [
@@ -140,7 +234,8 @@ def sparsity_table(results: ScenarioResults, sparsity: float) -> str:
         "| MU | " + " | ".join(METRIC_LABELS.values()) + " | Avg. gap | RTE s (× Retrain) |",
         "|---" * (len(GAP_METRICS) + 3) + "|",
     ]
-    lines += [table_row(results, method, sparsity) for method in results]
+    lines += [table_row(results, method, sparsity, margin) for method in results]
+    lines += ["", near_chance_note(scenario, results, sparsity, margin)]
     return "\n".join(lines)
 
 
@@ -174,6 +269,51 @@ def not_checked(claim: str, why: str) -> Finding:
     return Finding(claim, "not checked", why)
 
 
+def sound_gap(results: ScenarioResults, method: str, sparsity: float, margin: float) -> float:
+    """The average gap without the MIA-efficacy of seeds whose attack is near chance.
+
+    MIA-efficacy's mean is taken, for `method` and for Retrain, over the seeds whose attack is not
+    near chance; where either has no such seed, the MIA-efficacy term is left out (mean of UA, RA, TA).
+    """
+    tag = layout.sparsity_tag(sparsity)
+    gaps = compare_at(results, method, sparsity)
+    terms = [gaps[f"{metric}_gap"] for metric in GAP_METRICS if metric != "MIA_efficacy"]
+
+    def sound_mean(summary: Summary) -> float | None:
+        flagged = near_chance_seeds(summary, margin)
+        kept = [row["MIA_efficacy"] for seed, row in summary["per_seed"].items() if seed not in flagged]
+        return float(np.mean(kept)) if kept else None
+
+    mine, theirs = sound_mean(results[method][tag]), sound_mean(results["retrain"][tag])
+    if mine is not None and theirs is not None:
+        terms.append(abs(mine - theirs))
+    return float(np.mean(terms))
+
+
+def chance_caveat(
+    results: ScenarioResults, compared: list[tuple[str, float]], margin: float, recheck: Callable[..., tuple[bool, str]]
+) -> str:
+    """What near-chance seeds do to a finding that compares the average gaps of `compared` (method, sparsity).
+
+    Empty where no seed of these methods, or of Retrain at these sparsities, has a near-chance attack.
+    Otherwise names them, and rechecks the finding with `sound_gap` in place of the average gap:
+    `recheck(gap_of)` returns (holds, evidence) with `gap_of(method, sparsity)`.
+    """
+    rows = list(dict.fromkeys([*compared, *(("retrain", sparsity) for _, sparsity in compared)]))
+    flagged = [
+        f"{label(method)} {sparsity_label(sparsity)} {seeds_listed(seeds)}"
+        for method, sparsity in rows
+        if (seeds := near_chance_seeds(results[method][layout.sparsity_tag(sparsity)], margin))
+    ]
+    if not flagged:
+        return ""
+    holds, evidence = recheck(lambda method, sparsity: sound_gap(results, method, sparsity, margin))
+    return (
+        f"; near-chance MIA ({chance_threshold(margin)}) in these gaps: {'; '.join(flagged)}. "
+        f"Without those seeds' MIA-efficacy: {evidence}, it would {'hold' if holds else 'not hold'}"
+    )
+
+
 def sparsity_lowers_ft_gap(params: Params, results: ScenarioResults) -> Finding:
     """(a) FT's average gap at the highest sparsity is below its gap at the lowest (dense)."""
     low, high = min(params.prune.sparsities), max(params.prune.sparsities)
@@ -182,9 +322,14 @@ def sparsity_lowers_ft_gap(params: Params, results: ScenarioResults) -> Finding:
         return not_checked(claim, "FT not in this run")
     if low == high:
         return not_checked(claim, "the run studies a single sparsity")
-    sparse, dense = gap_of(results, "ft", high), gap_of(results, "ft", low)
-    relation = "<" if sparse < dense else ">="
-    return Finding(claim, verdict(sparse < dense), f"FT: {sparse:.2f} {relation} {dense:.2f}")
+
+    def check(gap: Callable[[str, float], float]) -> tuple[bool, str]:
+        sparse, dense = gap("ft", high), gap("ft", low)
+        return sparse < dense, f"FT: {sparse:.2f} {'<' if sparse < dense else '>='} {dense:.2f}"
+
+    holds, evidence = check(lambda method, sparsity: gap_of(results, method, sparsity))
+    caveat = chance_caveat(results, [("ft", high), ("ft", low)], params.evaluate.mia_chance_margin, check)
+    return Finding(claim, verdict(holds), evidence + caveat)
 
 
 def l1_smallest_gap(params: Params, results: ScenarioResults) -> Finding:
@@ -196,14 +341,20 @@ def l1_smallest_gap(params: Params, results: ScenarioResults) -> Finding:
         return not_checked(claim, "ℓ1-sparse not in this run")
     if not rivals:
         return not_checked(claim, "none of FT, GA, FF, IU in this run")
-    gaps = {m: gap_of(results, m, low) for m in ("l1_sparse", *rivals)}
-    holds = all(gaps["l1_sparse"] < gaps[m] for m in rivals)
-    evidence = "avg. gaps: " + ", ".join(f"{label(m)} {gap:.2f}" for m, gap in gaps.items())
+
+    def check(gap: Callable[[str, float], float]) -> tuple[bool, str]:
+        gaps = {m: gap(m, low) for m in ("l1_sparse", *rivals)}
+        holds = all(gaps["l1_sparse"] < gaps[m] for m in rivals)
+        return holds, "avg. gaps: " + ", ".join(f"{label(m)} {value:.2f}" for m, value in gaps.items())
+
+    holds, evidence = check(lambda method, sparsity: gap_of(results, method, sparsity))
     extras = [m for m in results if m not in ("retrain", "l1_sparse", *PAPER_BASELINES)]
     if extras:
         others = ", ".join(f"{label(m)} {gap_of(results, m, low):.2f}" for m in extras)
         evidence += f"; from the SalUn paper, not part of the claim: {others}"
-    return Finding(claim, verdict(holds), evidence)
+    compared = [(m, low) for m in ("l1_sparse", *rivals)]
+    caveat = chance_caveat(results, compared, params.evaluate.mia_chance_margin, check)
+    return Finding(claim, verdict(holds), evidence + caveat)
 
 
 def cheap_methods(params: Params, results: ScenarioResults) -> Finding:
@@ -376,19 +527,32 @@ def seeds_text(study: Study) -> str:
 
 def header(params: Params, study: Study) -> str:
     """Title and how to read the tables."""
+    margin = params.evaluate.mia_chance_margin
     return (
         "# Study: model sparsity and machine unlearning\n\n"
         f"Mean ± std over {seeds_text(study)} seeds. In parentheses: the gap |mean − Retrain's mean| at "
         "the same sparsity, in percentage points. Avg. gap = the paper's Disparity Ave., the mean of "
         "the four gaps (UA, MIA-efficacy, RA, TA). RTE = wall seconds of the unlearning, with its "
-        f"ratio to Retrain's at the same sparsity. Pruner: {params.prune.method}."
+        f"ratio to Retrain's at the same sparsity. Pruner: {params.prune.method}.\n\n"
+        "*Worst* (where a method has two or more seeds): in a metric's cell, the seed whose value lies "
+        "farthest from Retrain's mean at the same sparsity, with that value; in Avg. gap, the seed "
+        "whose own average gap (the mean of its four distances to Retrain's means) is largest, with "
+        "that gap. *Power*: the MIA-efficacy attack's own balanced accuracy on the samples it was "
+        f"fitted on, retained (members) against test (non-members), {MIA_POWER_FOLDS}-fold "
+        f"cross-validated, lowest–highest over seeds; {MIA_CHANCE:g} is chance. {NEAR_CHANCE_MARK} marks "
+        f"a cell where some seed's attack is near chance, its power below {MIA_CHANCE + margin:g}% "
+        f"(`evaluate.mia_chance_margin`: {margin:g} points over chance): that seed's MIA-efficacy "
+        "measures the attack, not the forgetting. The "
+        "note under each table names those seeds; MIA-efficacy itself is computed as the paper does, "
+        "every seed counted."
     )
 
 
 def scenario_section(params: Params, scenario: str, results: ScenarioResults, figures: list[Path]) -> str:
     """One scenario: a Table 3 per sparsity, the gap summary, the findings, the figures."""
     parts = [f"## Scenario `{scenario}`: {describe(params.split.scenarios[scenario])}"]
-    parts += [sparsity_table(results, sparsity) for sparsity in params.prune.sparsities]
+    margin = params.evaluate.mia_chance_margin
+    parts += [sparsity_table(scenario, results, sparsity, margin) for sparsity in params.prune.sparsities]
     parts.append(gap_table(params, results))
     checked = "\n".join(finding.as_markdown() for finding in findings(params, results))
     parts.append(f"### Findings of the paper, checked on this run\n\n{checked}")

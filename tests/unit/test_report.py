@@ -8,6 +8,10 @@ class_wise, 95%: Retrain 100/100/99/92; FT 70/82/99/90 -> gaps 30/18/0/2, avg 12
 random, dense: Retrain 5/13/100/94, RTE 40; FT 7/15/97/90 -> avg 2.75; l1 1/11/96/91 -> avg 3.25 (> FT: (b)
     does not hold); random, 95%: Retrain 7/14/100/93, RTE 20; FT 10/20/95/90 -> avg 4.25 (>= 2.75: (a) does
     not hold) at RTE 8 = 0.40 x Retrain's ((c) does not hold; class_wise's largest ratio is 2.4/40 = 0.06).
+
+Seeds 0, 1, 2 lie at mean - 0.5, mean, mean + 0.5 (std 0.5), each with an attack of power 80 (far from
+chance). So a method below Retrain has its worst seed at 0, one above at 2: class_wise dense FT's seed 0
+has gaps 80.5/24.5/0.7/1.3, avg 26.75.
 """
 
 import json
@@ -18,11 +22,14 @@ import yaml
 from tasks.adapters import layout
 from tasks.adapters.params import parse_params
 from tasks.stages.entry import stage_main
+from tasks.stages.evaluate import per_seed, summarise
 from tasks.stages.findings import RTE_RATIO_LIMIT, report_tables
 from tasks.stages.report import build_report
 from unlearn.errors import ConfigError
 
 STD = 0.5
+OFFSETS = (-0.5, 0.0, 0.5)  # each seed's distance from the mean: sample std 0.5
+POWER = 80.0  # every seed's attack power unless a test sets it: far from chance
 # scenario -> method -> sparsity -> (UA, MIA-efficacy, RA, TA, RTE seconds)
 RESULTS = {
     "class_wise": {
@@ -43,13 +50,39 @@ RESULTS = {
 SCENARIOS = {"class_wise": {"kind": "class_wise", "classes": [0]}, "random": {"kind": "random", "seed": 1}}
 
 
-def summary(sparsity: float, values: tuple[float, ...]) -> dict[str, float]:
-    """One sparsity's entry as tasks/stages/evaluate.py writes it (3 seeds, every std 0.5)."""
-    names = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
-    row = {"sparsity": sparsity, "seeds": 3, "sparsity_percent": 100 * sparsity}
-    for name, value in zip(names, values, strict=True):
-        row.update({name: float(value), f"{name}_std": STD})
-    return row
+NAMES = ("UA", "MIA_efficacy", "RA", "TA", "RTE_seconds")
+
+
+def summary(sparsity: float, values: tuple[float, ...]) -> dict:
+    """One sparsity's entry as tasks/stages/evaluate.py writes it: 3 seeds at the mean and ± 0.5, std 0.5."""
+    runs = {}
+    for seed, offset in enumerate(OFFSETS):
+        run = {name: float(value) + offset for name, value in zip(NAMES, values, strict=True)}
+        runs[seed] = {**run, "MIA_power": POWER, "sparsity_percent": 100 * sparsity}
+    return entry(sparsity, runs)
+
+
+def entry(sparsity: float, runs: dict[int, dict[str, float]]) -> dict:
+    """What evaluate_method records for one sparsity from each seed's values."""
+    return {"sparsity": sparsity, **summarise(runs), "per_seed": per_seed(runs)}
+
+
+def write_seeds(scenario: str, method: str, sparsity: float, runs: dict[int, dict[str, float]]) -> None:
+    """Replace one sparsity's entry of a metrics file by these seeds' values."""
+    path = layout.metrics_path(scenario, method)
+    results = json.loads(path.read_text())
+    results[layout.sparsity_tag(sparsity)] = entry(sparsity, runs)
+    path.write_text(json.dumps(results))
+
+
+def seeds_of(values_per_seed: list[tuple[float, ...]], powers: list[float | None], sparsity: float = 0.0) -> dict:
+    """Seeds 0, 1, ... with these (UA, MIA, RA, TA, RTE) values and attack powers (None: not measured)."""
+    runs = {}
+    for seed, (values, power) in enumerate(zip(values_per_seed, powers, strict=True)):
+        runs[seed] = {**dict(zip(NAMES, map(float, values), strict=True)), "sparsity_percent": 100 * sparsity}
+        if power is not None:
+            runs[seed]["MIA_power"] = power
+    return runs
 
 
 @pytest.fixture
@@ -100,16 +133,19 @@ def row(*cells: str) -> str:
 def test_table_cells_show_mean_std_and_gap_to_retrain_at_the_same_sparsity(metrics):
     text = report_tables(make_params())
     dense = table(text, "class_wise", "Dense")
-    retrain = ["100.00±0.50"] * 3 + ["95.00±0.50", "0.00", "40.00±0.50 (1.00×)"]
+    retrain = ["100.00±0.50", "100.00±0.50; power 80.0", "100.00±0.50", "95.00±0.50", "0.00", "40.00±0.50 (1.00×)"]
     assert row("Retrain", *retrain) in dense
-    ft_cells = ["20.00±0.50 (80.00)", "76.00±0.50 (24.00)", "99.80±0.50 (0.20)", "94.20±0.50 (0.80)"]
-    assert row("FT", *ft_cells, "26.25", "2.00±0.50 (0.05×)") in dense
+    ft_cells = ["20.00±0.50 (80.00), worst 19.50 (seed 0)", "76.00±0.50 (24.00), worst 75.50 (seed 0); power 80.0",
+                "99.80±0.50 (0.20), worst 99.30 (seed 0)", "94.20±0.50 (0.80), worst 93.70 (seed 0)"]  # fmt: skip
+    assert row("FT", *ft_cells, "26.25, worst 26.75 (seed 0)", "2.00±0.50 (0.05×)") in dense
     sparse = table(text, "class_wise", "95% sparse")
-    ft_cells = ["70.00±0.50 (30.00)", "82.00±0.50 (18.00)", "99.00±0.50 (0.00)", "90.00±0.50 (2.00)"]
-    assert row("FT", *ft_cells, "12.50", "1.20±0.50 (0.03×)") in sparse
-    assert "| GA | 98.00±0.50 (2.00) |" in sparse
+    ft_cells = ["70.00±0.50 (30.00), worst 69.50 (seed 0)", "82.00±0.50 (18.00), worst 81.50 (seed 0); power 80.0",
+                "99.00±0.50 (0.00), worst 98.50 (seed 0)", "90.00±0.50 (2.00), worst 89.50 (seed 0)"]  # fmt: skip
+    assert row("FT", *ft_cells, "12.50, worst 13.00 (seed 0)", "1.20±0.50 (0.03×)") in sparse
+    assert "| GA | 98.00±0.50 (2.00), worst 97.50 (seed 0) |" in sparse
     random_sparse = table(text, "random", "95% sparse")
-    assert "| FT | 10.00±0.50 (3.00) |" in random_sparse and "8.00±0.50 (0.40×) |" in random_sparse
+    assert "| FT | 10.00±0.50 (3.00), worst 10.50 (seed 2) |" in random_sparse  # above Retrain's 7: seed 2
+    assert "8.00±0.50 (0.40×) |" in random_sparse
 
 
 def test_gap_summary_lists_every_method_at_every_sparsity(metrics):
@@ -170,7 +206,7 @@ def test_build_report_writes_markdown_and_png_figures(metrics):
             figure = metrics / "reports" / "figures" / f"{scenario}_{kind}.png"
             assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"](figures/{figure.name})" in text
-    assert "| FT | 20.00±0.50 (80.00) |" in text
+    assert "| FT | 20.00±0.50 (80.00), worst 19.50 (seed 0) |" in text
 
 
 def test_missing_method_file_names_the_file_and_the_stage(metrics):
@@ -308,3 +344,118 @@ def test_the_report_captions_each_figure(metrics):
     text = build_report(make_params()).read_text()
     assert f"](figures/random_radar.png)\n\n*{RADAR_CAPTION}*" in text
     assert f"](figures/random_by_sparsity.png)\n\n*{SPARSITY_CAPTION}*" in text
+
+
+# --- worst seeds and the attack's power ------------------------------------------------------------
+
+
+def test_worst_seed_is_the_one_farthest_from_retrain_for_each_metric(metrics):
+    # class_wise dense, Retrain 100/100/100/95: the issue's FT, MIA-efficacy 99.3, 100 and 0 over seeds 0-2
+    # (mean 66.43, std 57.53, gap 33.57). UA's worst is seed 1 (farthest below 100), RA's seed 0, TA's seed 2
+    # (above 95, farther than seed 0 below it). Own average gaps: seed 0 (4+0.7+1+0.5)/4 = 1.55,
+    # seed 1 (10+0+0.5+0.8)/4 = 2.825, seed 2 (2+100+0.2+1)/4 = 25.8: seed 2.
+    write_seeds("class_wise", "ft", 0.0, seeds_of([(96, 99.3, 99, 94.5, 2), (90, 100, 99.5, 95.8, 2),
+                                                   (98, 0, 99.8, 96, 2)], [80, 80, 80]))  # fmt: skip
+    # random dense, Retrain MIA 13: l1's seeds 10, 20, 14 -> the worst is the largest, seed 1.
+    write_seeds("random", "l1_sparse", 0.0, seeds_of([(1, 10, 96, 91, 2), (1, 20, 96, 91, 2),
+                                                      (1, 14, 96, 91, 2)], [80, 80, 80]))  # fmt: skip
+    text = report_tables(make_params())
+    ft = next(line for line in table(text, "class_wise", "Dense").splitlines() if line.startswith("| FT |"))
+    cells = [cell.strip() for cell in ft.strip("|").split("|")]
+    assert cells[1] == "94.67±4.16 (5.33), worst 90.00 (seed 1)"
+    assert cells[2] == "66.43±57.53 (33.57), worst 0.00 (seed 2); power 80.0"
+    assert cells[3].endswith("worst 99.00 (seed 0)") and cells[4].endswith("worst 96.00 (seed 2)")
+    assert cells[5] == "9.97, worst 25.80 (seed 2)"  # (5.333 + 33.567 + 0.567 + 0.433) / 4 = 9.975
+    l1 = next(line for line in table(text, "random", "Dense").splitlines() if line.startswith("| ℓ1-sparse |"))
+    assert "| 14.67±5.03 (1.67), worst 20.00 (seed 1); power 80.0 |" in l1
+    assert "Worst* (where a method has two or more seeds): in a metric's cell, the seed whose value lies " in text
+
+
+def test_a_seed_whose_attack_cannot_separate_members_is_flagged_and_a_separable_one_is_not(metrics):
+    # FT dense, seed 2's attack at 52.5%: below 50 + 5; the others at 80%, and every other method at 80%.
+    write_seeds("class_wise", "ft", 0.0, seeds_of([(20, 76, 99.8, 94.2, 2)] * 3, [80, 80, 52.5]))
+    text = report_tables(make_params())
+    dense, sparse = table(text, "class_wise", "Dense"), table(text, "class_wise", "95% sparse")
+    assert "76.00±0.00 (24.00), worst 76.00 (seed 0); power 52.5–80.0 † |" in dense
+    ga = "| GA | 93.00±0.50 (7.00), worst 92.50 (seed 0) | 94.00±0.50 (6.00), worst 93.50 (seed 0); power 80.0 |"
+    assert ga in dense
+    assert "† Near-chance MIA (attack power below 55%) in `class_wise`, dense: FT seed 2." in dense
+    assert "† Near-chance MIA (attack power below 55%) in `class_wise`, 95% sparse: no seed." in sparse
+    assert "†" not in sparse.split("\n\n† ")[0]  # no cell of the separable table is marked
+    assert "its power below 55% (`evaluate.mia_chance_margin`: 5 points over chance)" in text
+
+
+def test_the_chance_margin_is_a_param_and_an_unmeasured_power_counts_as_near_chance(metrics):
+    write_seeds("class_wise", "ft", 0.0, seeds_of([(20, 76, 99.8, 94.2, 2)] * 3, [80, 80, 52.5]))
+    write_seeds("class_wise", "ga", 0.0, seeds_of([(93, 94, 92, 87, 0.4)] * 2, [None, 90]))
+    raw = make_params().model_dump()
+    raw["evaluate"]["mia_chance_margin"] = 2.0
+    text = report_tables(parse_params(raw))
+    dense = table(text, "class_wise", "Dense")
+    assert "power 52.5–80.0 |" in dense  # 52.5 is not below 50 + 2
+    assert "; power 90.0 † |" in dense
+    assert "in `class_wise`, dense: GA seed 0." in dense
+    with pytest.raises(ConfigError, match="evaluate.mia_chance_margin"):
+        parse_params({**raw, "evaluate": {"mia_chance_margin": -1.0}})
+
+
+def test_findings_say_when_near_chance_seeds_carry_the_mia_gaps(metrics):
+    # FT dense as the issue's: MIA-efficacy 99.3, 100, 0 with seed 2's attack at chance. Its gap with every
+    # seed: (80 + 33.57 + 0.2 + 0.8) / 4 = 28.64 against 12.50 at 95%: (a) holds. Without seed 2's
+    # MIA-efficacy, dense MIA is 99.65 (gap 0.35): (80 + 0.35 + 0.2 + 0.8) / 4 = 20.34, still above 12.50.
+    write_seeds("class_wise", "ft", 0.0, seeds_of([(20, 99.3, 99.8, 94.2, 2), (20, 100, 99.8, 94.2, 2),
+                                                   (20, 0, 99.8, 94.2, 2)], [80, 80, 50.5]))  # fmt: skip
+    text = report_tables(make_params())
+    line = finding(text, "class_wise", "a")
+    assert ": holds (FT: 12.50 < 28.64; near-chance MIA (attack power below 55%) in these gaps: FT dense seed 2." in (
+        line
+    )
+    assert "Without those seeds' MIA-efficacy: FT: 12.50 < 20.34, it would hold)." in line
+    # (b) at dense: l1 1.00 < FT 28.64 and GA 7.25; without seed 2, FT 20.34: holds either way.
+    assert "in these gaps: FT dense seed 2. Without those seeds' MIA-efficacy: avg. gaps: ℓ1-sparse 1.00, FT 20.34" in (
+        finding(text, "class_wise", "b")
+    )
+    # A near-chance Retrain seed concerns every gap measured against it; none in random: no caveat.
+    assert "near-chance" not in finding(text, "random", "a") + finding(text, "random", "b")
+
+
+def test_a_finding_whose_verdict_rests_on_near_chance_seeds_says_so(metrics):
+    # class_wise 95%: FT's MIA 82 becomes 100 on seeds 0, 1 and 46 on seed 2 (mean 82, std 31.18) at chance.
+    # Dense FT is 26.25 with every seed; 95% FT then has gap (30 + 18 + 0 + 2) / 4 = 12.50, without seed 2's
+    # MIA-efficacy (30 + 0 + 0 + 2) / 4 = 8.00. Make dense FT 10.00 (UA 60, MIA 100: (40+0+0.2+0.8)/4 = 10.25):
+    # 12.50 >= 10.25, (a) does not hold; without seed 2, 8.00 < 10.25, it would.
+    write_seeds("class_wise", "ft", 0.0, seeds_of([(60, 100, 99.8, 94.2, 2)] * 3, [80, 80, 80]))
+    write_seeds("class_wise", "ft", 0.95, seeds_of([(70, 100, 99, 90, 1.2), (70, 100, 99, 90, 1.2),
+                                                    (70, 46, 99, 90, 1.2)], [80, 80, 49.0], 0.95))  # fmt: skip
+    line = finding(report_tables(make_params()), "class_wise", "a")
+    assert ": does not hold (FT: 12.50 >= 10.25; near-chance MIA" in line
+    rests = "in these gaps: FT 95% sparse seed 2. Without those seeds' MIA-efficacy: FT: 8.00 < 10.25, it would hold)"
+    assert rests in line
+
+
+def test_every_seed_near_chance_leaves_the_mia_term_out_of_the_recheck(metrics):
+    # Retrain's attack at chance on every seed at dense: MIA-efficacy compares with nothing, so the recheck
+    # averages UA, RA, TA only: FT (80 + 0.2 + 0.8) / 3 = 27.00.
+    write_seeds("class_wise", "retrain", 0.0, seeds_of([(100, 100, 100, 95, 40)] * 3, [50, 51, 49]))
+    line = finding(report_tables(make_params()), "class_wise", "a")
+    assert "in these gaps: Retrain dense seeds 0, 1, 2. Without those seeds' MIA-efficacy: FT: 12.50 < 27.00" in line
+
+
+def test_a_metrics_file_without_per_seed_values_is_a_clear_error(metrics):
+    path = layout.metrics_path("random", "ga")
+    results = json.loads(path.read_text())
+    del results["s0.95"]["per_seed"]
+    path.write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match=r"random/ga\.json has no per-seed values for sparsities \['s0\.95'\]"):
+        report_tables(make_params())
+
+
+def test_evaluate_keeps_each_seeds_values_beside_the_means():
+    runs = seeds_of([(90, 99, 98, 94, 2), (100, 0, 97, 93, 3)], [80, 54])
+    recorded = summarise(runs)
+    assert recorded["MIA_power"] == pytest.approx(67.0) and recorded["MIA_efficacy"] == pytest.approx(49.5)
+    assert recorded["MIA_efficacy_std"] == pytest.approx(70.0036, abs=1e-3)
+    assert "per_seed" not in recorded  # what a tracker logs: flat numbers only
+    assert per_seed(runs)["1"] == {"UA": 100.0, "MIA_efficacy": 0.0, "RA": 97.0, "TA": 93.0, "RTE_seconds": 3.0,
+                                   "MIA_power": 54.0, "sparsity_percent": 0.0}  # fmt: skip
+    assert "MIA_power" not in summarise(seeds_of([(1, 2, 3, 4, 5)], [None]))
