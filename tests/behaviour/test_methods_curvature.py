@@ -10,8 +10,9 @@ from torch import nn
 from unlearn.data import TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import prunable_parameters
-from unlearn.methods import default_config, run_method
+from unlearn.methods import curvature, default_config, run_method
 from unlearn.methods.curvature import (
+    fisher_sum,
     flatten_rows,
     inverse_fisher_product,
     per_sample_loss_gradients,
@@ -59,6 +60,138 @@ def test_per_sample_gradients_match_a_loop():
     torch.testing.assert_close(rows, _loop_gradients(model, data))
 
 
+class _Scale(nn.Module):
+    """A module the layer-wise path has no rule for: its gradients come from torch.func."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels).view(1, -1, 1, 1))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs * self.weight
+
+
+class _Twice(nn.Module):
+    """One Linear applied twice (shared weights), on a (B, T, features) input, then pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        tokens = inputs.flatten(2).transpose(1, 2)  # (B, positions, 4 channels)
+        return torch.tanh(self.linear(torch.tanh(self.linear(tokens)))).mean(1)
+
+
+class _Pair(nn.Module):
+    """Returns a tuple, which the hooks cannot follow: the whole-model torch.func path runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.linear(inputs), inputs
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    """Eval mode, with BatchNorm running statistics and affine parameters away from 0 and 1."""
+    generator = torch.Generator().manual_seed(7)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+    return model.eval()
+
+
+def _models() -> dict[str, nn.Module]:
+    """Small models: specialised layers (Conv2d, eval BatchNorm, Linear, in-place ReLU), layers
+    with no rule (grouped conv, GroupNorm, a custom module), shared weights, a tuple output."""
+    torch.manual_seed(0)
+    return {
+        "conv-bn-linear": _with_statistics(
+            nn.Sequential(
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.BatchNorm2d(4),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(4, 4, 3, stride=2, bias=False),
+                nn.BatchNorm2d(4),
+                nn.ReLU(inplace=True),
+                nn.Flatten(),
+                nn.Linear(4, 3),
+            )
+        ),
+        "fallback layers": _with_statistics(
+            nn.Sequential(
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.Conv2d(4, 4, 3, padding=1, groups=2),
+                nn.GroupNorm(2, 4),
+                _Scale(4),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(64, 3),
+            )
+        ),
+        "shared weights": nn.Sequential(nn.Conv2d(1, 4, 1), _Twice(), nn.Linear(4, 3)).eval(),
+        "tuple output": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), _Pair(), _First()).eval(),
+    }
+
+
+class _First(nn.Module):
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return pair[0]
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_layerwise_per_sample_gradients_match_a_loop(name):
+    model, data = _models()[name], _tiny_set(7, seed=11)
+    rows = flatten_rows(per_sample_loss_gradients(model, data.inputs, data.labels), list(trainable_parameters(model)))
+    torch.testing.assert_close(rows, _loop_gradients(model, data), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_layerwise_fisher_matches_the_loop_formula(name):
+    model, data = _models()[name], _tiny_set(7, seed=12)
+    fast = fisher_sum(model, data.inputs)
+    slow = _per_sample_fisher(model, data)
+    for (key, got), want in zip(fast.items(), slow, strict=True):
+        torch.testing.assert_close(got / len(data), want, rtol=1e-4, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
+    assert all(value.abs().sum() > 0 for value in fast.values())  # every tensor got a gradient
+
+
+def test_layerwise_fisher_chunks_match_one_pass(monkeypatch):
+    model, data = _models()["conv-bn-linear"], _tiny_set(9, seed=13)
+    whole = fisher_sum(model, data.inputs)
+    monkeypatch.setattr(curvature, "_CHUNK_FLOATS", 1)  # one sample per product
+    for key, value in fisher_sum(model, data.inputs).items():
+        torch.testing.assert_close(value, whole[key])
+
+
+@pytest.mark.parametrize("damping, solver", [(1.0, "conjugate gradients"), (1e-6, "direct")])
+def test_woodbury_product_by_conjugate_gradients_or_direct(monkeypatch, damping, solver):
+    generator = torch.Generator().manual_seed(8)
+    gradients = torch.randn(320, 200, generator=generator, dtype=torch.float64) * 0.05
+    vector = torch.randn(200, generator=generator, dtype=torch.float64)
+    assert curvature._CG_MIN_SAMPLES <= 320  # so CG runs first, with 320 // 32 = 10 steps
+    outcomes = []
+    solve = curvature._conjugate_gradients
+
+    def spy(*args, **kwargs):
+        outcomes.append(solve(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(curvature, "_conjugate_gradients", spy)
+    result = inverse_fisher_product(vector, [lambda: gradients], damping)
+    dense = damping * torch.eye(200, dtype=torch.float64) + gradients.T @ gradients / 320
+    torch.testing.assert_close(result, torch.linalg.solve(dense, vector), rtol=1e-5, atol=1e-8)
+    # damping 1: the system is well conditioned and 10 steps reach the tolerance; 1e-6: they
+    # do not, and the direct solve gives the same solution
+    assert (outcomes[0] is not None) == (solver == "conjugate gradients")
+
+
 @pytest.mark.parametrize("block_sizes", [(10,), (4, 4, 2)])
 def test_woodbury_product_equals_a_dense_solve(block_sizes):
     model, data = _tiny_model(), _tiny_set(10, seed=2)
@@ -73,18 +206,26 @@ def test_woodbury_product_equals_a_dense_solve(block_sizes):
     assert not torch.allclose(result, vector / damping)  # the low-rank part really acts
 
 
-def test_iu_step_equals_the_dense_influence_formula(cpu):
+@pytest.mark.parametrize("masked", [False, True])
+def test_iu_step_equals_the_dense_influence_formula(cpu, masked):
     model, retain_set, forget_set = _tiny_model(), _tiny_set(12, seed=4), _tiny_set(4, seed=5)
     config = IUConfig(alpha=2.0, num_fisher_samples=100, damping=0.1)  # m = all 12 retain samples
-    result = run_method("iu", model, retain_set, forget_set, cpu, config=config)
+    mask = (torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(9)) < 0.5).float()
+    masks = {"0.weight": mask} if masked else None
+    result = run_method("iu", model, retain_set, forget_set, cpu, config=config, masks=masks)
     retain_grads, forget_grads = _loop_gradients(model, retain_set), _loop_gradients(model, forget_set)
     direction = forget_grads.sum(0) / 16 - 4 / (16 * 12) * retain_grads.sum(0)
     torch.testing.assert_close(influence_direction(model, retain_set, forget_set, 5), direction)
-    retain_grads, direction = retain_grads.double(), direction.double()
+    keep = torch.ones_like(direction, dtype=torch.bool)
+    if masked:  # the Fisher and the step live on the unmasked weights only
+        keep[: mask.numel()] = mask.flatten() == 1
+    retain_grads, direction = retain_grads[:, keep].double(), direction[keep].double()
     fisher = 0.1 * torch.eye(direction.numel(), dtype=torch.float64) + retain_grads.T @ retain_grads / 12
     step = 2.0 * torch.linalg.solve(fisher, direction)
-    moved = torch.cat([(a - b).flatten() for a, b in zip(result.model.parameters(), model.parameters(), strict=True)])
-    torch.testing.assert_close(moved.double(), step, rtol=1e-4, atol=1e-6)
+    after = torch.cat([p.flatten() for p in result.model.parameters()])
+    before = torch.cat([p.flatten() for p in model.parameters()])
+    torch.testing.assert_close((after - before)[keep].double(), step, rtol=1e-4, atol=1e-6)
+    assert torch.equal(after[~keep], torch.zeros_like(after[~keep]))
 
 
 def _official_batch_mean_fisher(model: nn.Module, data: TensorSet, batch_size: int) -> list[torch.Tensor]:

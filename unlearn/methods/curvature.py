@@ -1,14 +1,20 @@
 """Per-sample gradients and curvature pieces shared by IU (`iu`) and FF (`ff`).
 
-Both methods need gradients of one sample at a time. `torch.func` computes a whole batch
-of them in one vectorised pass (functional_call + vmap), instead of one backward per
-sample as the official code does. The model must be in eval mode: BatchNorm then uses its
-running statistics, so a sample's gradient does not depend on the rest of its batch.
+Both methods need gradients of one sample at a time. They come layer by layer: one forward
+pass of a batch records each layer's input, one backward pass (batched over the classes for
+the Fisher) gives each layer's output gradient per sample, and a layer's per-sample weight
+gradient is a small product of the two. The official code instead runs one backward pass per
+sample (IU) or per class and batch of 32 (FF). The model must be in eval mode: BatchNorm then
+uses its running statistics, so a sample's gradient does not depend on the rest of its batch.
+`torch.func` (functional_call + vmap over the whole model) is the path for models the
+layer-wise one cannot follow.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,41 @@ def _logits(model: nn.Module, params: Parameters, buffers: Parameters, sample: T
 
 def per_sample_loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) -> Parameters:
     """Gradient of CE(x_i, y_i) for every sample: {name: (B, *shape)}."""
+    try:
+        logits, calls = _forward_recorded(model, inputs)
+    except _Unsupported:
+        return per_sample_loss_gradients_torch_func(model, inputs, labels)
+    # d CE(x_i, y_i) / d logits_i = p_i - onehot(y_i)
+    vector = torch.softmax(logits.detach(), dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    gradients = _sample_gradients(logits, calls, vector)
+    return {
+        name: gradients[name][0] if name in gradients else p.new_zeros((len(inputs), *p.shape))
+        for name, p in trainable_parameters(model).items()
+    }
+
+
+def fisher_sum(model: nn.Module, inputs: Tensor) -> Parameters:
+    """sum_i sum_y p(y|x_i) (d log p(y|x_i) / d theta)^2 over `inputs`: {name: tensor}.
+
+    The sum over y is exact: one backward pass batched over the C classes, whose vector for
+    class y and sample i is sqrt(p(y|x_i)) (e_y - p_i), the gradient of
+    sqrt(p(y|x_i)) log p(y|x_i) w.r.t. the logits with the square root held constant.
+    """
+    params = trainable_parameters(model)
+    try:
+        logits, calls = _forward_recorded(model, inputs)
+    except _Unsupported:
+        jacobians, probs = per_sample_log_prob_jacobians(model, inputs)
+        return {name: torch.einsum("bc,bc...->...", probs, jacobians[name].square()) for name in params}
+    probs = torch.softmax(logits.detach(), dim=-1)
+    classes = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
+    vectors = probs.T.sqrt()[:, :, None] * (classes[:, None, :] - probs[None])  # (C, B, C)
+    sums = _square_sums(logits, calls, vectors)
+    return {name: sums.get(name, torch.zeros_like(p)) for name, p in params.items()}
+
+
+def per_sample_loss_gradients_torch_func(model: nn.Module, inputs: Tensor, labels: Tensor) -> Parameters:
+    """`per_sample_loss_gradients` by torch.func over the whole model (the general path)."""
     params, buffers = trainable_parameters(model), _buffers(model)
 
     def loss(params: Parameters, sample: Tensor, label: Tensor) -> Tensor:
@@ -60,9 +101,26 @@ def per_sample_log_prob_jacobians(model: nn.Module, inputs: Tensor) -> tuple[Par
     return jacobians, log_p.exp()
 
 
-def flatten_rows(per_sample: Parameters, names: Sequence[str]) -> Tensor:
-    """{name: (B, *shape)} as one (B, d) matrix, tensors in `names` order."""
-    return torch.cat([per_sample[name].flatten(1) for name in names], dim=1)
+def flatten_rows(per_sample: Parameters, names: Sequence[str], out: Tensor | None = None) -> Tensor:
+    """{name: (B, *shape)} as one (B, d) matrix, tensors in `names` order (written into `out` if given)."""
+    return torch.cat([per_sample[name].flatten(1) for name in names], dim=1, out=out)
+
+
+# rows per block of `symmetric_gram`: large enough for an efficient product, small enough to skip
+# most of the redundant half
+_GRAM_BLOCK = 256
+
+
+def symmetric_gram(rows: Tensor) -> Tensor:
+    """rows @ rows.T with each off-diagonal block computed once (about half of the product's work)."""
+    count = len(rows)
+    gram = rows.new_empty((count, count))
+    for start in range(0, count, _GRAM_BLOCK):
+        block = rows[start : start + _GRAM_BLOCK]
+        product = block @ rows[start:].T
+        gram[start : start + len(block), start:] = product
+        gram[start:, start : start + len(block)] = product.T
+    return gram
 
 
 def flat_mask(params: Parameters, masks: Masks | None) -> Tensor | None:
@@ -76,6 +134,11 @@ def flat_mask(params: Parameters, masks: Masks | None) -> Tensor | None:
     return torch.cat(parts)
 
 
+# With G in one block of at least this many rows, conjugate gradients try first (see below).
+_CG_MIN_SAMPLES = 256
+_CG_TOLERANCE = 1e-6  # relative residual of the m x m system
+
+
 def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[], Tensor]], damping: float) -> Tensor:
     """(damping I + G^T G / m)^{-1} vector, exactly, by the Woodbury identity.
 
@@ -85,14 +148,30 @@ def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[]
 
         F^{-1} v = (v - G^T (damping m I + G G^T)^{-1} G v) / damping.
 
-    Only the m x m system is solved (in float64): O(m^2 d) work, no d x d matrix.
+    Only the m x m system is solved: directly (Cholesky in float64 on G G^T, O(m^2 d) work),
+    or, where G is one block of `_CG_MIN_SAMPLES` rows or more, by conjugate gradients to a
+    relative residual of `_CG_TOLERANCE` (two products with G per step, O(m d)). The system's
+    eigenvalues are damping m + those of G G^T, so with a damping of the Fisher's order it is
+    well conditioned and takes a few steps; where m / 32 steps do not reach the tolerance the
+    direct solve runs instead, so either way the result is the same solution.
     """
     if damping <= 0:
         raise ConfigError(f"damping must be positive, got {damping}")
-    gram, projected, only_block = _gram_and_projection(vector, gradient_blocks)
+    if len(gradient_blocks) == 1:
+        rows = gradient_blocks[0]()
+        projected = rows @ vector
+        if len(rows) >= _CG_MIN_SAMPLES:
+            weights = _conjugate_gradients(rows, damping * len(rows), projected, max_steps=len(rows) // 32)
+            if weights is not None:
+                return (vector - rows.T @ weights) / damping
+        gram, only_block = symmetric_gram(rows), rows
+    else:
+        gram, projected, only_block = _gram_and_projection(vector, gradient_blocks)
     count = gram.shape[0]
     system = gram.double() + damping * count * torch.eye(count, dtype=torch.float64, device=gram.device)
-    weights = torch.linalg.solve(system, projected.double()).to(vector.dtype)
+    # symmetric positive definite (damping > 0): a Cholesky solve, half the work of an LU one
+    factor = torch.linalg.cholesky(system)
+    weights = torch.cholesky_solve(projected.double().unsqueeze(1), factor).squeeze(1).to(vector.dtype)
     correction = torch.zeros_like(vector)
     start = 0
     for block in gradient_blocks:
@@ -100,6 +179,32 @@ def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[]
         correction += rows.T @ weights[start : start + len(rows)]
         start += len(rows)
     return (vector - correction) / damping
+
+
+def _conjugate_gradients(rows: Tensor, shift: float, target: Tensor, max_steps: int) -> Tensor | None:
+    """w with (shift I + G G^T) w = target (G = rows), or None if `max_steps` do not reach the tolerance.
+
+    The m-vectors and scalars are float64; the products with G are in G's precision.
+    """
+    target = target.double()
+
+    def apply(x: Tensor) -> Tensor:
+        return shift * x + (rows @ (rows.T @ x.to(rows.dtype))).double()
+
+    solution = target / shift  # the solution when G G^T is small against the shift
+    residual = target - apply(solution)
+    direction, squared = residual.clone(), residual @ residual
+    goal = (_CG_TOLERANCE * target.norm()) ** 2
+    for _ in range(max_steps + 1):
+        if squared <= goal:
+            return solution.to(rows.dtype)
+        product = apply(direction)
+        step = squared / (direction @ product)
+        solution += step * direction
+        residual -= step * product
+        squared, previous = residual @ residual, squared
+        direction = residual + (squared / previous) * direction
+    return None
 
 
 def _gram_and_projection(
@@ -114,9 +219,230 @@ def _gram_and_projection(
     for i, block in enumerate(gradient_blocks):
         left = block()
         projected.append(left @ vector)
-        parts[i, i] = left @ left.T
+        parts[i, i] = symmetric_gram(left)
         for j in range(i + 1, count):
             parts[i, j] = left @ gradient_blocks[j]().T
             parts[j, i] = parts[i, j].T
     gram = torch.cat([torch.cat([parts[i, j] for j in range(count)], dim=1) for i in range(count)])
     return gram, torch.cat(projected), left if count == 1 else None
+    return gram, torch.cat(projected), left if count == 1 else None
+
+
+# Layer-wise per-sample gradients. A trainable tensor belongs to the module that holds it; a
+# forward hook records each such module's input and output, and one backward from the logits to
+# those outputs gives every sample's output gradient (eval mode: samples do not interact). From
+# input and output gradient a layer's per-sample weight gradient is a small product (Linear: an
+# outer product; Conv2d: the output gradient times the unfolded input; eval BatchNorm: the output
+# gradient times the normalised input), with no samples x classes x parameters Jacobian of the
+# whole model. Modules of other kinds get theirs from torch.func on that module alone. Where the
+# hooks cannot follow the model (a module returning a tuple), the whole-model torch.func path runs.
+
+
+class _Unsupported(Exception):
+    """The model does something the layer-wise path does not follow."""
+
+
+@dataclass
+class _Call:
+    """One forward call of a module that holds trainable tensors."""
+
+    module: nn.Module
+    prefix: str
+    inputs: tuple
+    output: Tensor
+    derived: dict = field(default_factory=dict)  # input-side tensors shared by every backward vector
+
+    def once(self, key: str, make: Callable[[], Tensor]) -> Tensor:
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
+
+
+def _forward_recorded(model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[_Call]]:
+    """The logits of `inputs`, and every call of a module that holds trainable tensors."""
+    owners = {
+        module: prefix
+        for prefix, module in model.named_modules()
+        if any(p.requires_grad for p in module.parameters(recurse=False))
+    }
+    calls: list[_Call] = []
+
+    def record(module: nn.Module, args: tuple, output: object) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise _Unsupported(f"{type(module).__name__} returns {type(output).__name__}, not a tensor")
+        # Copies: a later in-place op (ReLU(inplace=True), out += shortcut) must change neither the
+        # recorded input nor the tensor whose gradient is taken.
+        saved = tuple(a.detach().clone() if isinstance(a, Tensor) else a for a in args)
+        calls.append(_Call(module, owners[module], saved, output))
+        return output.clone()
+
+    handles = [module.register_forward_hook(record) for module in owners]
+    try:
+        logits = model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, calls
+
+
+def _output_gradients(logits: Tensor, calls: list[_Call], vector: Tensor) -> list[Tensor]:
+    """For each call, the gradient (1, B, *output) of <logits, vector> w.r.t. its output."""
+    outputs = [call.output for call in calls]
+    grads = torch.autograd.grad(logits, outputs, vector, retain_graph=True, allow_unused=True)
+    return [(torch.zeros_like(out) if g is None else g).unsqueeze(0) for g, out in zip(grads, outputs, strict=True)]
+
+
+def _trainable(call: _Call) -> dict[str, Tensor]:
+    return {name: p for name, p in call.module.named_parameters(recurse=False) if p.requires_grad}
+
+
+def _full_name(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_eval_batchnorm(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and module.running_var is not None
+    )
+
+
+def _is_plain_conv2d(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _call_gradients(call: _Call, grad_output: Tensor) -> dict[str, Tensor]:
+    """Per-sample gradients {name: (K, B, *shape)} of one call's own trainable tensors.
+
+    `grad_output` is (K, B, *output): K backward vectors (classes) for each of B samples.
+    """
+    module, params = call.module, _trainable(call)
+    k, b = grad_output.shape[:2]
+    grads: dict[str, Tensor] = {}
+    if type(module) is nn.Linear:
+        x, g = call.inputs[0].reshape(b, -1, module.in_features), grad_output.reshape(k, b, -1, module.out_features)
+        if "weight" in params:
+            grads["weight"] = torch.einsum("kbto,bti->kboi", g, x)
+        if "bias" in params:
+            grads["bias"] = g.sum(2)
+    elif _is_plain_conv2d(module):
+        x = call.once("columns", lambda: _unfolded(call).transpose(1, 2))
+        g = grad_output.reshape(k, b, module.out_channels, -1)
+        if "weight" in params:
+            grads["weight"] = torch.matmul(g, x).reshape(k, b, *module.weight.shape)
+        if "bias" in params:
+            grads["bias"] = g.sum(3)
+    elif _is_eval_batchnorm(module):
+        normalised = call.once("normalised", lambda: _normalised(module, call.inputs[0]))
+        spatial = tuple(range(3, grad_output.ndim))
+        if "weight" in params:
+            grads["weight"] = torch.einsum("kbc...,bc...->kbc", grad_output, normalised)
+        if "bias" in params:
+            grads["bias"] = grad_output.sum(spatial)
+    else:
+        grads = _module_gradients_torch_func(call, params, grad_output)
+    return {_full_name(call.prefix, name): value for name, value in grads.items()}
+
+
+def _unfolded(call: _Call) -> Tensor:
+    """The Conv2d call's input patches, (B, in kh kw, output positions)."""
+    module = call.module
+    return F.unfold(call.inputs[0], module.kernel_size, module.dilation, module.padding, module.stride)
+
+
+def _normalised(module: nn.Module, inputs: Tensor) -> Tensor:
+    """(x - running mean) / sqrt(running var + eps): what an eval BatchNorm's weight multiplies."""
+    shape = (1, -1) + (1,) * (inputs.ndim - 2)
+    return (inputs - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+
+
+def _module_gradients_torch_func(call: _Call, params: Parameters, grad_output: Tensor) -> Parameters:
+    """Any other module: vector-Jacobian products of that module alone, vmapped over samples and K."""
+    module, detached = call.module, {name: p.detach() for name, p in params.items()}
+    tensor_at = [i for i, a in enumerate(call.inputs) if isinstance(a, Tensor)]
+
+    def one(tensors: tuple, g: Tensor) -> Parameters:
+        args = list(call.inputs)
+        for i, tensor in zip(tensor_at, tensors, strict=True):
+            args[i] = tensor.unsqueeze(0)
+        _, pull = torch.func.vjp(lambda p: functional_call(module, p, tuple(args)), detached)
+        return pull(g.unsqueeze(0))[0]
+
+    tensors = tuple(call.inputs[i] for i in tensor_at)
+    return vmap(vmap(one, in_dims=(0, 0)), in_dims=(None, 0))(tensors, grad_output)
+
+
+def _sample_gradients(logits: Tensor, calls: list[_Call], vector: Tensor) -> Parameters:
+    """{name: (1, B, *shape)}: per-sample gradients of <logits_i, vector_i>, summed over calls."""
+    total: Parameters = {}
+    for call, grad_output in zip(calls, _output_gradients(logits, calls, vector), strict=True):
+        for name, value in _call_gradients(call, grad_output).items():
+            total[name] = total[name] + value if name in total else value
+    return total
+
+
+def _square_sums(logits: Tensor, calls: list[_Call], vectors: Tensor) -> Parameters:
+    """{name: sum over k and i of g_ki^2}, g_ki the gradient of <logits_i, vectors[k, i]>.
+
+    One backward pass per vector k. A module called once gets its sum without every
+    per-sample gradient in memory at once; a module called more than once (shared weights)
+    sums its calls' gradients first.
+    """
+    once = Counter(call.module for call in calls)
+    sums: Parameters = {}
+
+    def add(name: str, value: Tensor) -> None:
+        sums[name] = sums[name] + value if name in sums else value
+
+    for vector in vectors:
+        shared: Parameters = {}
+        for call, grad_output in zip(calls, _output_gradients(logits, calls, vector), strict=True):
+            if once[call.module] == 1:
+                for name, value in _call_square_sums(call, grad_output).items():
+                    add(name, value)
+            else:
+                for name, value in _call_gradients(call, grad_output).items():
+                    shared[name] = shared[name] + value if name in shared else value
+        for name, value in shared.items():
+            add(name, value.square().sum((0, 1)))
+    return sums
+
+
+# Per-sample products are formed this many floats at a time: a buffer that is reused, where one
+# tensor of every sample's gradient would be a fresh allocation (page faults cost more than the maths).
+_CHUNK_FLOATS = 2**20
+
+
+def _call_square_sums(call: _Call, grad_output: Tensor) -> Parameters:
+    """sum over k and i of the squared per-sample gradients of one call's trainable tensors."""
+    module, params = call.module, _trainable(call)
+    k, b = grad_output.shape[:2]
+    sums: Parameters = {}
+    if type(module) is nn.Linear and call.inputs[0].ndim == 2:
+        # (g a^T)^2 = g^2 (a^2)^T, summed over k and i: one product, no per-sample outer products
+        squared = grad_output.square()
+        if "weight" in params:
+            sums["weight"] = squared.sum(0).T @ call.inputs[0].square()
+        if "bias" in params:
+            sums["bias"] = squared.sum((0, 1))
+    elif _is_plain_conv2d(module) and "weight" in params:
+        columns = call.once("columns", lambda: _unfolded(call).transpose(1, 2))  # (B, P, in kh kw)
+        g = grad_output.reshape(k, b, module.out_channels, -1)
+        rows = g.transpose(0, 1).reshape(b, k * module.out_channels, -1)  # sample by sample: (K out, P)
+        step = max(1, _CHUNK_FLOATS // (k * module.out_channels * columns.shape[2]))
+        buffer = rows.new_empty((min(step, b), rows.shape[1], columns.shape[2]))
+        total = rows.new_zeros(rows.shape[1], columns.shape[2])
+        for start in range(0, b, step):
+            part = buffer[: min(step, b - start)]
+            torch.bmm(rows[start : start + step], columns[start : start + step], out=part)
+            total += part.square_().sum(0)
+        sums["weight"] = total.view(k, *module.weight.shape).sum(0)
+        if "bias" in params:
+            sums["bias"] = g.sum(3).square().sum((0, 1))
+    else:
+        return {name: value.square().sum((0, 1)) for name, value in _call_gradients(call, grad_output).items()}
+    return {_full_name(call.prefix, name): value for name, value in sums.items()}

@@ -45,7 +45,7 @@ from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
 from unlearn.methods.base import Unlearned, check_method_config, working_copy
-from unlearn.methods.curvature import Parameters, per_sample_log_prob_jacobians, trainable_parameters
+from unlearn.methods.curvature import Parameters, fisher_sum, per_sample_log_prob_jacobians, trainable_parameters
 from unlearn.methods.space import LogUniform, PresetSearchSpaces, SearchSpace
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import prepare_model
@@ -122,8 +122,8 @@ def run(
     with Stopwatch(device) as clock:
         fisher_set = _fisher_samples(retain_set, config).to(device)
         fisher = fisher_diagonal(model, fisher_set, config.batch_size, config.estimator, config.per_sample_batch_size)
-        classes = _reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
-        _add_noise(model, fisher, config, masks, classes)
+        classes = reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
+        add_noise(model, fisher, config, masks, classes)
         apply_masks(model, masks)
     return Unlearned(model, clock.seconds)
 
@@ -143,6 +143,11 @@ def fisher_diagonal(
     a time (default: the whole batch), which bounds the memory.
     """
     fisher = {name: torch.zeros_like(p) for name, p in trainable_parameters(model).items()}
+    if estimator == "per_sample":  # a sum over samples: the batches only bound the memory
+        for inputs, _ in batches(data, per_sample_batch_size or batch_size):
+            for name, value in fisher_sum(model, inputs).items():
+                fisher[name] += value
+        return {name: value / max(len(data), 1) for name, value in fisher.items()}
     batch_count = 0
     for inputs, _ in batches(data, batch_size):
         _add_batch(fisher, model, inputs, estimator, per_sample_batch_size or batch_size)
@@ -176,7 +181,7 @@ def _fisher_samples(retain_set: TensorSet, config: Config) -> TensorSet:
     return retain_set.subset(order[: config.num_samples].sort().values)
 
 
-def _reset_classes(retain_set: TensorSet, forget_set: TensorSet, config: Config) -> tuple[int, ...]:
+def reset_classes(retain_set: TensorSet, forget_set: TensorSet, config: Config) -> tuple[int, ...]:
     """The classes whose head rows the class-wise reset zeroes."""
     if config.forget_classes:
         return tuple(config.forget_classes)
@@ -196,7 +201,7 @@ def head_names(model: nn.Module) -> set[str]:
 
 
 @torch.no_grad()
-def _add_noise(
+def add_noise(
     model: nn.Module, fisher: Parameters, config: Config, masks: Masks | None, classes: tuple[int, ...]
 ) -> None:
     """theta = mean + sqrt(var) * eps for every trainable tensor, eps drawn on the CPU (seeded)."""

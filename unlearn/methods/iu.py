@@ -116,7 +116,7 @@ def run(
         direction = influence_direction(model, retain_set.to(device), forget_set.to(device), config.batch_size)
         blocks = _gradient_blocks(model, _fisher_samples(retain_set, config).to(device), keep, config)
         step = inverse_fisher_product(direction[keep], blocks, config.damping)
-        _add_to_parameters(model, keep, config.alpha * step)
+        add_to_parameters(model, keep, config.alpha * step)
         apply_masks(model, masks)
     return Unlearned(model, clock.seconds)
 
@@ -166,11 +166,16 @@ def _gradient_blocks(model: nn.Module, fisher_set: TensorSet, keep: Tensor | sli
 
     def block(part: TensorSet):
         def rows() -> Tensor:
-            chunks = [
-                flatten_rows(per_sample_loss_gradients(model, inputs, labels), names)[:, keep]
-                for inputs, labels in batches(part, config.per_sample_batch_size)
-            ]
-            return torch.cat(chunks)
+            matrix = torch.empty((len(part), width), device=part.labels.device, dtype=next(iter(params.values())).dtype)
+            start = 0
+            for inputs, labels in batches(part, config.per_sample_batch_size):
+                gradients, into = per_sample_loss_gradients(model, inputs, labels), matrix[start : start + len(inputs)]
+                if isinstance(keep, slice):
+                    flatten_rows(gradients, names, out=into)
+                else:
+                    torch.index_select(flatten_rows(gradients, names), 1, keep, out=into)
+                start += len(inputs)
+            return matrix
 
         return rows
 
@@ -181,7 +186,7 @@ def _gradient_blocks(model: nn.Module, fisher_set: TensorSet, keep: Tensor | sli
 
 
 @torch.no_grad()
-def _add_to_parameters(model: nn.Module, keep: Tensor | slice, step: Tensor) -> None:
+def add_to_parameters(model: nn.Module, keep: Tensor | slice, step: Tensor) -> None:
     """theta[keep] += step, over the flattened trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     flat = torch.cat([p.flatten() for p in params])
