@@ -253,6 +253,53 @@ class DeletionParams(Strict):
         return _approximate(value, "deletion.method")
 
 
+class CalibrateParams(Strict):
+    """Calibration: `unlearn train-original` searches the deletion method's settings on the champion itself.
+
+    A budgeted search per method (`unlearn tune`'s machinery, `tasks.production.tune.calibrate`) on
+    tuning folds disjoint from the scenario's reported forget set: `seeds` x `folds` simulated
+    deletions of `scenario`'s kind, each with its Retrain reference. The objective is the mean gap to
+    Retrain over them plus `worst_weight` times the worst seed's excess over that mean (1: the worst
+    seed's gap), so the values chosen forget on every seed. The whole calibration stops starting trials
+    once it has spent `max_retrains` times one Retrain's wall time (the references included).
+    """
+
+    enabled: bool = True  # false (or `unlearn train-original --no-calibrate`): never calibrate
+    skip_tuned: bool = True  # skip where params.yaml's `tuned` has values for the data set, scenario, sparsity
+    methods: list[ApproximateMethodName] | None = None  # null: [deletion.method]
+    scenario: str | None = None  # the kind of deletion searched for; null: deletion.tuned_scenario
+    trials: int = Field(8, ge=1)  # per method, the defaults trial included
+    folds: int = Field(1, ge=1)  # simulated deletions per seed
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    worst_weight: float = Field(1.0, ge=0, le=1)
+    max_retrains: float = Field(6.0, gt=0)  # the whole calibration's cost bound, in Retrains
+    max_cost_share: float = Field(0.2, gt=0, le=1)  # a trial over this share of Retrain's time is never chosen
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _approximate_methods(cls, value: Any) -> Any:
+        for method in value or []:
+            _approximate(method, "calibrate.methods")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _references_fit(self) -> CalibrateParams:
+        references = len(self.seeds) * self.folds
+        if references >= self.max_retrains:
+            raise ValueError(
+                f"calibrate.max_retrains {self.max_retrains:g} leaves nothing for trials: the {len(self.seeds)} seed(s) x "
+                f"{self.folds} fold(s) Retrain references alone cost {references} Retrains"
+            )
+        return self
+
+
 # The stores a purge cleans (`tasks.production.purge`): the prepared data set's rows (and the audit pools'
 # columns) of deleted samples, checkpoints under models/, MLflow's model artefacts, DVC's cache and remote,
 # the inbox's done request bodies.
@@ -416,6 +463,7 @@ class Params(Strict):
     deletion: DeletionParams = DeletionParams()
     audit: AuditParams = AuditParams()
     retention: RetentionParams = RetentionParams()
+    calibrate: CalibrateParams = CalibrateParams()
     tracking: TrackingParams = TrackingParams()
     backdoor: BackdoorParams = BackdoorParams()
     transfer: TransferParams = TransferParams()
@@ -465,6 +513,14 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _calibrate_scenario_exists(self) -> Params:
+        scenario = self.calibrate.scenario
+        if scenario is not None and scenario not in self.split.scenarios:
+            known = ", ".join(self.split.scenarios)
+            raise ValueError(f"calibrate.scenario: {scenario!r} is no scenario of split.scenarios ({known})")
+        return self
+
+    @model_validator(mode="after")
     def _tuned_fit_methods(self) -> Params:
         for method, by_preset in self.tuned.items():
             if method not in APPROXIMATE_METHODS:
@@ -473,8 +529,10 @@ class Params(Strict):
                 for scenario, by_sparsity in by_scenario.items():
                     for tag, values in by_sparsity.items():
                         where = f"tuned.{method}.{preset}.{scenario}.{tag}"
-                        _check_tuned(where, method, preset, tag, values)
-                        if preset == self.data.preset:  # what runs: with unlearn.settings on top
+                        # keyed by data set: a preset's, or own data's name (checked with this recipe)
+                        recipe = preset if preset in PRESETS or preset != self.data.dataset else self.data.preset
+                        _check_tuned(where, method, recipe, tag, values)
+                        if preset == self.data.dataset:  # what runs: with unlearn.settings on top
                             try:
                                 method_config(self, method, scenario=scenario, sparsity=float(tag[1:]))
                             except (ConfigError, TypeError) as error:
@@ -491,7 +549,7 @@ def _keyed(key: str, error: Exception) -> ValueError:
 
 def _check_tuned(where: str, method: str, preset: str, tag: str, values: dict[str, Any]) -> None:
     if preset not in PRESETS or not TUNED_TAG.fullmatch(tag):
-        raise ValueError(f"{where}: expected tuned.<method>.<preset>.<scenario>.s<sparsity>, e.g. s0.95")
+        raise ValueError(f"{where}: expected tuned.<method>.<data set>.<scenario>.s<sparsity>, e.g. s0.95")
     try:
         default_config(method, preset, **values)
     except (ConfigError, TypeError) as error:
@@ -505,10 +563,14 @@ def original_recipe(params: Params) -> TrainConfig:
 
 
 def tuned_settings(params: Params, method: str, scenario: str | None, sparsity: float | None) -> dict:
-    """What `unlearn tune` wrote for `method` in this preset, scenario and sparsity ({} if nothing)."""
+    """What `unlearn tune` wrote for `method` on this data set, scenario and sparsity ({} if nothing).
+
+    Keyed by the data set (`data.dataset`: a preset's own, e.g. digits, or own data's name), never by
+    the recipe: values found on digits do not carry to other data trained with digits' recipe.
+    """
     if scenario is None or sparsity is None:
         return {}
-    by_scenario = params.tuned.get(method, {}).get(params.data.preset, {}).get(scenario, {})
+    by_scenario = params.tuned.get(method, {}).get(params.data.dataset, {}).get(scenario, {})
     return dict(by_scenario.get(sparsity_tag(sparsity), {}))
 
 

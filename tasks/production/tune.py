@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -51,7 +52,7 @@ from unlearn.data import DataBundle, TensorSet
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods import APPROXIMATE_METHODS, METHODS, run_method
-from unlearn.methods.space import IntRange, LogUniform, Range, Uniform
+from unlearn.methods.space import IntRange, LogUniform, Range, Recipe, Share, Uniform, resolve, share_of
 from unlearn.metrics import GAP_METRICS, HEADLINE_FEATURE, HEADLINE_METRICS, Evaluation, evaluate, gap_to_retrain
 from unlearn.splits import Split, by_ids, class_wise
 
@@ -73,7 +74,9 @@ SIGNIFICANT_DIGITS = 3  # trial values are rounded before they run, so what is w
 
 
 def distribution(searched: Range) -> BaseDistribution:
-    """The Optuna distribution of a range a method module declares (`unlearn.methods.space`)."""
+    """The Optuna distribution of a range a method module declares (`unlearn.methods.space`; a share: its share's)."""
+    if isinstance(searched, Share):
+        searched = searched.share
     if isinstance(searched, LogUniform):
         return FloatDistribution(searched.low, searched.high, log=True)
     if isinstance(searched, Uniform):
@@ -100,13 +103,28 @@ PRESET_SEARCH_SPACES: dict[str, dict[str, dict[str, BaseDistribution | None]]] =
 }  # fmt: skip
 
 
-def search_space(method: str, preset: str) -> dict[str, BaseDistribution]:
-    """The distributions searched for `method` under `preset`: the paper's, widened or dropped where documented."""
+def search_ranges(method: str, preset: str, own_data: bool = False) -> dict[str, Range]:
+    """The ranges searched for `method` under `preset`: the paper's, widened or dropped where documented.
+
+    `own_data`: the data set is not the preset's own (the preset is only its recipe). A preset's absolute
+    lr and epochs ranges were found on its data set and do not carry: the method's relative ones
+    (`Share`, space.py) take their place; the other ranges (l1's gamma, IU's and FF's alpha) depend on
+    the architecture and stay the preset's.
+    """
     spec = METHODS.get(method)
     if spec is None or not spec.tunable:
         tunable = ", ".join(SEARCH_SPACES)
         raise ConfigError(f"method {method!r} has no search space; tunable methods: {tunable}")
-    return {name: distribution(searched) for name, searched in spec.space(preset).items()}
+    ranges = spec.space(preset)
+    if own_data:
+        relative = {name: searched for name, searched in spec.search_space.items() if isinstance(searched, Share)}
+        ranges = {**ranges, **relative}
+    return ranges
+
+
+def search_space(method: str, preset: str, own_data: bool = False) -> dict[str, BaseDistribution]:
+    """The Optuna distributions of `search_ranges` (a share's range for a relative setting)."""
+    return {name: distribution(searched) for name, searched in search_ranges(method, preset, own_data).items()}
 
 
 # --- the tuning splits ----------------------------------------------------------------------
@@ -125,17 +143,22 @@ def tuning_classes(classes: Sequence[int], num_classes: int, folds: int = 1) -> 
     return [sorted(others[fold * size : (fold + 1) * size]) for fold in range(folds)]
 
 
-def tuning_splits(data: DataBundle, scenario: Scenario, folds: int = 1) -> list[Split]:
-    """The splits a search tunes on: `scenario`'s kind of forgetting, disjoint from its forget set."""
+def tuning_splits(data: DataBundle, scenario: Scenario, folds: int = 1, start: int = 0) -> list[Split]:
+    """The splits a search tunes on: `scenario`'s kind of forgetting, disjoint from its forget set.
+
+    `start`: skip that many folds first (a calibration's later seeds take the folds after the first's).
+    """
     if folds < 1:
         raise ConfigError(f"a search needs at least one tuning fold, got {folds}")
     if scenario.kind == "class_wise":
-        return [class_wise(data, group) for group in tuning_classes(scenario.classes, data.num_classes, folds)]
+        groups = tuning_classes(scenario.classes, data.num_classes, start + folds)[start:]
+        return [class_wise(data, group) for group in groups]
     count = int(round(len(data.train) * scenario.fraction))
     reported = np.random.RandomState(scenario.seed).choice(len(data.train), count, replace=False)
     pool = np.setdiff1d(np.arange(len(data.train)), reported)
     draws = [
-        np.random.RandomState(scenario.seed + 1 + fold).choice(pool, count, replace=False) for fold in range(folds)
+        np.random.RandomState(scenario.seed + 1 + fold).choice(pool, count, replace=False)
+        for fold in range(start, start + folds)
     ]
     return [replace(by_ids(data, [data.train.ids[i] for i in sorted(chosen)]), scenario="random") for chosen in draws]
 
@@ -160,6 +183,12 @@ class TuningProblem:
         base_config: the method's config without tuned values; trials replace the searched keys.
         retrain_config: Retrain's config (the reference).
         fingerprint: names the original and the tuning splits; a resumed study must match it.
+        recipe: what relative ranges (`Share`) are shares of; None: the space has none.
+        own_data: search the relative lr and epochs ranges in place of the preset's (`search_ranges`).
+        fold_seeds: each fold's seed (the method's and Retrain's seed there); () = the configs' own seed,
+            all folds one seed.
+        worst_weight: the objective is the mean gap + worst_weight x (the worst seed's mean gap - the
+            mean gap): 0 the mean, 1 the worst seed's (`TrialResult.score`).
     """
 
     method: str
@@ -171,13 +200,36 @@ class TuningProblem:
     retrain_config: Any
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fingerprint: str = ""
+    recipe: Recipe | None = None
+    own_data: bool = False
+    fold_seeds: tuple[int, ...] = ()
+    worst_weight: float = 0.0
+
+    def ranges(self) -> dict[str, Range]:
+        return search_ranges(self.method, self.preset, self.own_data)
 
     def space(self) -> dict[str, BaseDistribution]:
-        return search_space(self.method, self.preset)
+        return search_space(self.method, self.preset, self.own_data)
+
+    def _batch_size(self) -> int:
+        return int(getattr(self.base_config, "batch_size", 1))
 
     def defaults(self) -> dict[str, Any]:
-        """The base config's values of the searched settings (the defaults trial)."""
-        return {name: getattr(self.base_config, name) for name in self.space()}
+        """The base config's values of the searched settings, as the space's points (the defaults trial)."""
+        batch = self._batch_size()
+        return {name: share_of(searched, getattr(self.base_config, name), self.recipe, batch)
+                for name, searched in self.ranges().items()}  # fmt: skip
+
+    def settings(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """The absolute settings a point of the space stands for (a share times the recipe's lr or steps)."""
+        ranges, batch = self.ranges(), self._batch_size()
+        try:
+            return {name: resolve(ranges[name], value, self.recipe, batch) for name, value in point.items()}
+        except ValueError as error:
+            raise ConfigError(f"{self.method}: {error}") from error
+
+    def seed_of(self, fold: int) -> int | None:
+        return self.fold_seeds[fold] if self.fold_seeds else None
 
 
 def model_digest(model: nn.Module) -> str:
@@ -200,14 +252,26 @@ def make_problem(
     *,
     masks: Masks | None = None,
     device: torch.device | None = None,
+    recipe: Recipe | None = None,
+    own_data: bool = False,
+    fold_seeds: Sequence[int] = (),
+    worst_weight: float = 0.0,
 ) -> TuningProblem:
-    """A problem from an original model and tuning splits of `data` (one fold each)."""
-    search_space(method, preset)  # fails early for an untunable method
-    names = "\n".join([model_digest(model), *(split.digest() for split in splits)])
+    """A problem from an original model and tuning splits of `data` (one fold each).
+
+    `recipe`: None builds it from Retrain's recipe, `data`'s training set and the first fold's retain set.
+    """
+    search_space(method, preset, own_data)  # fails early for an untunable method
+    if fold_seeds and len(fold_seeds) != len(splits):
+        raise ConfigError(f"{len(fold_seeds)} fold seeds for {len(splits)} tuning folds")
+    names = "\n".join([model_digest(model), *(split.digest() for split in splits), repr(tuple(fold_seeds))])
     folds = [Fold(split.retain_set(data), split.forget_set(data), split.test_set(data)) for split in splits]
+    if recipe is None:
+        train = retrain_config.train
+        recipe = Recipe.of(train.lr, train.epochs, train.batch_size, len(data.train), len(folds[0].retain_set))
     return TuningProblem(
         method, preset, model, masks, folds, base_config, retrain_config, device or torch.device("cpu"),
-        hashlib.sha256(names.encode()).hexdigest(),
+        hashlib.sha256(names.encode()).hexdigest(), recipe, own_data, tuple(fold_seeds), worst_weight,
     )  # fmt: skip
 
 
@@ -220,16 +284,24 @@ def measure(problem: TuningProblem, fold: Fold, method: str, config) -> Evaluati
     return evaluate(result.model, *sets, problem.device, seconds=result.seconds, features=(HEADLINE_FEATURE,))
 
 
+def seeded(config, seed: int | None):
+    """`config` with its seed set to `seed` (None: as it is)."""
+    return config if seed is None else replace(config, seed=seed)
+
+
 def retrain_reference(problem: TuningProblem) -> list[dict[str, float]]:
-    """Retrain's metrics and wall time (RTE_seconds) on each fold: the search's reference."""
-    return [measure(problem, fold, "retrain", problem.retrain_config).as_dict() for fold in problem.folds]
+    """Retrain's metrics and wall time (RTE_seconds) on each fold (at the fold's seed): the search's reference."""
+    return [measure(problem, fold, "retrain", seeded(problem.retrain_config, problem.seed_of(index))).as_dict()
+            for index, fold in enumerate(problem.folds)]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TrialResult:
     """What one trial measured, averaged over the folds. `cost_share` = its unlearning seconds / Retrain's.
 
-    `metrics` holds the fold means of UA, MIA_efficacy, RA, TA and RTE_seconds; `fold_gaps` each fold's gap.
+    `metrics` holds the fold means of UA, MIA_efficacy, RA, TA and RTE_seconds; `fold_gaps` each fold's gap;
+    `seed_gaps` each seed's mean gap over its folds; `score` what the search minimises: the mean gap plus
+    the problem's `worst_weight` times the worst seed's excess over it (the mean gap with one seed).
     """
 
     values: dict[str, Any]
@@ -237,9 +309,15 @@ class TrialResult:
     gap: float
     cost_share: float
     fold_gaps: tuple[float, ...] = ()
+    seed_gaps: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
 
     def within(self, max_cost_share: float) -> bool:
         return self.cost_share <= max_cost_share
+
+    @property
+    def objective(self) -> float:
+        return self.gap if self.score is None else self.score
 
 
 def run_trial(
@@ -247,12 +325,19 @@ def run_trial(
 ) -> TrialResult:
     """Unlearn each fold with the searched settings replaced by `values`; mean gap and cost to Retrain."""
     config = replace(problem.base_config, **values)
-    evaluations = [measure(problem, fold, problem.method, config) for fold in problem.folds]
+    evaluations = [measure(problem, fold, problem.method, seeded(config, problem.seed_of(index)))
+                   for index, fold in enumerate(problem.folds)]  # fmt: skip
     retrains = [Evaluation.from_dict(fold_reference) for fold_reference in reference]
     gaps = [gap_to_retrain(mine, theirs) for mine, theirs in zip(evaluations, retrains, strict=True)]
     shares = [mine.rte_seconds / theirs.rte_seconds for mine, theirs in zip(evaluations, retrains, strict=True)]
     metrics = {name: float(np.mean([e.as_dict()[name] for e in evaluations])) for name in HEADLINE_METRICS}
-    return TrialResult(dict(values), metrics, float(np.mean(gaps)), float(np.mean(shares)), tuple(gaps))
+    mean = float(np.mean(gaps))
+    by_seed: dict[str, list[float]] = {}
+    for index, gap in enumerate(gaps):
+        by_seed.setdefault(str(problem.seed_of(index) if problem.fold_seeds else "all"), []).append(gap)
+    seed_gaps = {seed: float(np.mean(found)) for seed, found in by_seed.items()}
+    score = mean + problem.worst_weight * (max(seed_gaps.values()) - mean)
+    return TrialResult(dict(values), metrics, mean, float(np.mean(shares)), tuple(gaps), seed_gaps, score)
 
 
 # --- the study ----------------------------------------------------------------------------
@@ -339,8 +424,10 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, max_cost
     trial.set_user_attr("cost_share", result.cost_share)
     trial.set_user_attr("metrics", {k: result.metrics[k] for k in GAP_METRICS})
     trial.set_user_attr("fold_gaps", list(result.fold_gaps))
+    trial.set_user_attr("seed_gaps", dict(result.seed_gaps))
+    trial.set_user_attr("score", result.objective)
     if result.within(max_cost_share):
-        return study.tell(trial, result.gap)
+        return study.tell(trial, result.objective)
     return study.tell(trial, state=TrialState.PRUNED)
 
 
@@ -354,13 +441,18 @@ def search(
     execute: Execute = run_inline,
     enqueue_defaults: bool = True,
     on_trial: Callable[[FrozenTrial, TrialResult], None] | None = None,
+    exhausted: Callable[[], bool] | None = None,
 ) -> optuna.Study:
     """Run trials until the study has `trials` finished ones, `parallel` at a time (ask, run, tell).
+
+    Trials ask for points of the space (a relative setting's share); what runs, and what the trial
+    records as `values`, are the absolute settings they stand for (`TuningProblem.settings`).
 
     Args:
         execute: runs a batch of calls and returns their results in order (inline, or Prefect tasks).
         enqueue_defaults: make the defaults the first trial of a new study.
         on_trial: called with each told trial and its result (MLflow logging).
+        exhausted: asked before each round of trials; True stops the search (a calibration's cost bound).
     """
     if parallel < 1 or trials < 1:
         raise ConfigError(f"trials and parallel must be at least 1, got {trials} and {parallel}")
@@ -370,9 +462,11 @@ def search(
         study.enqueue_trial(problem.defaults(), user_attrs={ROLE_ATTR: "defaults"})
     reference = reference_of(study, problem, execute)
     space = problem.space()
-    while (remaining := trials - len(finished(study))) > 0:
-        asked = [study.ask(space) for _ in range(min(parallel, remaining))]
-        values = [rounded(trial.params) for trial in asked]
+    while (remaining := trials - len(finished(study))) > 0 and not (exhausted and exhausted()):
+        with warnings.catch_warnings():  # the defaults trial may lie outside the space: it is the comparison point
+            warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+            asked = [study.ask(space) for _ in range(min(parallel, remaining))]
+        values = [problem.settings(rounded(trial.params)) for trial in asked]
         try:
             results = execute(run_trial, [(problem, reference, chosen) for chosen in values])
         except Exception as error:  # a trial that raises is a bug to see, not a value to resume into
@@ -522,7 +616,7 @@ def load_problem(
     return make_problem(
         method, params.data.preset, model, splits, data,
         method_config(params, method, seed=seed), method_config(params, "retrain", seed=seed),
-        masks=checkpoint.masks, device=device(),
+        masks=checkpoint.masks, device=device(), own_data=params.data.source != "preset",
     )  # fmt: skip
 
 
@@ -589,7 +683,7 @@ def tune(
 
     problem = load_problem(params, method, scenario, sparsity, folds)
     max_cost_share = max_cost_share or DEFAULT_MAX_COST_SHARE
-    name = study_name(method, params.data.preset, scenario, sparsity)
+    name = study_name(method, params.data.dataset, scenario, sparsity)
     study = open_study(name, storage, seed)
     settings = {"trials": trials, "max_cost_share": max_cost_share, "folds": folds, "parallel": parallel, "seed": seed}
     tags = {"study": name, "method": method, "scenario": scenario, "sparsity": sparsity}
@@ -601,7 +695,7 @@ def tune(
             tracker.log_evaluation({"best_gap": best.value})
     written = None
     if best is not None and params_path is not None:
-        written = str(write_tuned(params_path, method, params.data.preset, scenario, sparsity,
+        written = str(write_tuned(params_path, method, params.data.dataset, scenario, sparsity,
                                   best.user_attrs["values"], tuned_note(study)))  # fmt: skip
         record_search(Path(params_path).parent / layout.TUNING_RECORD, study, scenario, sparsity)
     return TuneSummary(
@@ -646,3 +740,192 @@ def storage_is_empty(storage: str) -> bool:
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         return True
     return not optuna.get_all_study_names(storage)
+
+
+# --- calibration: the champion's own settings (`unlearn train-original`) ---------------------
+
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration found (or why there was none), as the champion's registry version records it.
+
+    `methods` maps a method to its record: `values` (the absolute settings batches unlearn with; a
+    skipped calibration records the tuned values used instead), and for a search `score`, `gap`,
+    `seed_gaps` (each seed's mean gap over its folds), `cost_share`, `trials`, and `start`, the same
+    figures of the values the search started from (preset defaults, tuned values, unlearn.settings).
+    `cost_retrains` is the calibration's wall time over one Retrain's (the references' mean).
+    """
+
+    status: str  # calibrated | skipped
+    dataset: str
+    date: str
+    reason: str = ""
+    scenario: str | None = None
+    sparsity: float | None = None
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    folds: int = 0
+    seconds: float = 0.0
+    retrain_seconds: float = 0.0
+    cost_retrains: float = 0.0
+    max_retrains: float = 0.0
+
+    def values(self, method: str) -> dict[str, Any]:
+        return dict((self.methods.get(method) or {}).get("values") or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        """The registry tags (`tasks.adapters.registry`: `calibration.*`)."""
+        from tasks.adapters import registry
+
+        tags = {registry.CALIBRATION_STATUS_TAG: self.status, "calibration.dataset": self.dataset,
+                "calibration.date": self.date}  # fmt: skip
+        optional = {"reason": self.reason, "scenario": self.scenario, "sparsity": self.sparsity}
+        tags.update({f"calibration.{key}": str(value) for key, value in optional.items() if value not in ("", None)})
+        if self.status == "calibrated":
+            tags["calibration.cost_retrains"] = f"{self.cost_retrains:.2f}"
+            tags["calibration.seeds"] = ",".join(str(seed) for seed in self.seeds)
+        for method in self.methods:
+            if self.values(method):
+                tags[f"{registry.CALIBRATION_VALUES_PREFIX}{method}"] = json.dumps(self.values(method), sort_keys=True)
+        return tags
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CALIBRATION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+
+def calibration_scenario(params: Params) -> str:
+    """The scenario a calibration searches for: `calibrate.scenario`, else `deletion.tuned_scenario`, else the first."""
+    scenario = params.calibrate.scenario or params.deletion.tuned_scenario or next(iter(params.split.scenarios))
+    if scenario not in params.split.scenarios:
+        raise ConfigError(f"calibrate.scenario: {scenario!r} is no scenario of split.scenarios; set calibrate.scenario")
+    return scenario
+
+
+def skip_reason(params: Params, methods: Sequence[str], scenario: str, sparsity: float, enabled: bool) -> str | None:
+    """Why not to calibrate (None: calibrate): switched off, or tuned values exist for every method."""
+    from tasks.adapters.params import tuned_settings
+
+    if not enabled:
+        return "switched off (calibrate.enabled false or --no-calibrate)"
+    if params.calibrate.skip_tuned and all(tuned_settings(params, m, scenario, sparsity) for m in methods):
+        kind = "preset" if params.data.source == "preset" else "data set"
+        return f"tuned values for {kind} {params.data.dataset}"
+    return None
+
+
+def _seed_folds(params: Params, data: DataBundle, scenario: str) -> tuple[list[Split], list[int]]:
+    """Every seed's own tuning folds (seed i takes the folds after seed i-1's) and each fold's seed."""
+    group, splits, seeds = params.calibrate, [], []
+    for index, seed in enumerate(group.seeds):
+        try:
+            splits += tuning_splits(data, params.split.scenarios[scenario], group.folds, start=index * group.folds)
+        except ConfigError as error:
+            raise ConfigError(f"calibrate.seeds / calibrate.folds: {error}") from None
+        seeds += [seed] * group.folds
+    return splits, seeds
+
+
+def _record(trial: FrozenTrial | None) -> dict[str, Any] | None:
+    if trial is None:
+        return None
+    attrs = trial.user_attrs
+    return {
+        "values": attrs["values"], "gap": round(attrs["gap"], 3), "score": round(attrs["score"], 3),
+        "seed_gaps": {seed: round(gap, 3) for seed, gap in attrs["seed_gaps"].items()},
+        "cost_share": round(attrs["cost_share"], 3), "within_budget": trial.state == TrialState.COMPLETE,
+    }  # fmt: skip
+
+
+def calibrate(
+    params: Params,
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    masks: Masks | None = None,
+    sparsity: float = 0.0,
+    excluded: Sequence[str] = (),
+    enabled: bool | None = None,
+    execute: Execute = run_inline,
+    device: torch.device | None = None,
+) -> Calibration:
+    """Search each of `calibrate.methods`' settings on `model` (the champion), within `calibrate.max_retrains`.
+
+    The folds are `calibrate.seeds` x `calibrate.folds` simulated deletions of the calibration
+    scenario's kind from the champion's training set (`data` without `excluded`), disjoint from the
+    scenario's reported forget set; Retrain runs once on each (at the fold's seed), shared by every
+    method. Each method's search starts from the values it would run with uncalibrated and keeps
+    the point with the least objective (`TrialResult.score`). The cost bound is in Retrains: after the
+    references, each method gets an equal share of what is left, and no round of trials starts that
+    would, at the previous round's cost, end past it (so a method overruns by at most one round).
+
+    Args:
+        enabled: None: `calibrate.enabled`; False (`--no-calibrate`): skip.
+    """
+    import time
+
+    group = params.calibrate
+    methods = list(group.methods or [params.deletion.method])
+    scenario = calibration_scenario(params)
+    today = date.today().isoformat()
+    reason = skip_reason(params, methods, scenario, sparsity, group.enabled if enabled is None else enabled)
+    if reason is not None:
+        used = {m: {"values": method_config_values(params, m, scenario, sparsity)} for m in methods}
+        return Calibration("skipped", params.data.dataset, today, reason, scenario, sparsity, used)
+    started = time.perf_counter()
+    excluded_ids = set(excluded)
+    kept = [row for row, sample_id in enumerate(data.train.ids) if sample_id not in excluded_ids]
+    data = replace(data, train=data.train.subset(kept))
+    splits, fold_seeds = _seed_folds(params, data, scenario)
+    problems = {
+        method: make_problem(
+            method, params.data.preset, model, splits, data,
+            method_config(params, method, scenario=scenario, sparsity=sparsity),
+            method_config(params, "retrain"), masks=masks, device=device,
+            own_data=params.data.source != "preset", fold_seeds=fold_seeds, worst_weight=group.worst_weight,
+        )
+        for method in methods
+    }  # fmt: skip
+    (reference,) = execute(retrain_reference, [(problems[methods[0]],)])
+    retrain_seconds = float(np.mean([fold["RTE_seconds"] for fold in reference]))
+    budget = group.max_retrains * retrain_seconds
+    share = (budget - (time.perf_counter() - started)) / len(methods)
+    found: dict[str, dict[str, Any]] = {}
+    for method, problem in problems.items():
+        deadline = time.perf_counter() + share
+        last = {"at": time.perf_counter(), "round": 0.0}
+
+        def exhausted(deadline=deadline, last=last) -> bool:
+            now = time.perf_counter()
+            last["round"], last["at"] = now - last["at"], now
+            return now + last["round"] > deadline
+
+        study = open_study(f"calibrate-{method}-{params.data.dataset}", None, group.seeds[0])
+        study.set_user_attr(REFERENCE_ATTR, reference)
+        search(study, problem, group.trials, max_cost_share=group.max_cost_share, execute=execute,
+               exhausted=exhausted)  # fmt: skip
+        best, start = best_trial(study), defaults_trial(study)
+        record = _record(best) or {"values": {}, "reason": "no trial within calibrate.max_cost_share"}
+        found[method] = {**record, "trials": len(finished(study)), "start": _record(start)}
+        log.info("calibrated %s on %s: %s (start %s)", method, params.data.dataset, record.get("seed_gaps"),
+                 (found[method]["start"] or {}).get("seed_gaps"))  # fmt: skip
+    seconds = time.perf_counter() - started
+    return Calibration(
+        "calibrated", params.data.dataset, today, "", scenario, sparsity, found, tuple(group.seeds), group.folds,
+        round(seconds, 2), round(retrain_seconds, 3), round(seconds / retrain_seconds, 2), group.max_retrains,
+    )  # fmt: skip
+
+
+def method_config_values(params: Params, method: str, scenario: str, sparsity: float) -> dict[str, Any]:
+    """The settings of `method`'s search space that it runs with uncalibrated (tuned values where any)."""
+    config = method_config(params, method, scenario=scenario, sparsity=sparsity)
+    return {name: getattr(config, name) for name in search_ranges(method, params.data.preset)}

@@ -25,6 +25,7 @@ from tasks.production.tune import (
     run_inline,
     run_trial,
     search,
+    search_ranges,
     search_space,
     tune,
     tuning_classes,
@@ -32,7 +33,8 @@ from tasks.production.tune import (
     write_tuned,
 )
 from unlearn.errors import ConfigError
-from unlearn.methods import default_config
+from unlearn.methods import METHODS, default_config
+from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, Recipe, Share, share_of
 from unlearn.presets import get_preset
 from unlearn.splits import class_wise, random_fraction
 
@@ -46,23 +48,29 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.mark.parametrize("preset", ["digits", "cifar10"])
 @pytest.mark.parametrize("method", sorted(SEARCH_SPACES))
 def test_defaults_lie_in_the_search_space(method, preset):
-    """The defaults trial is enqueued first: its values must be points of the space."""
-    config = default_config(method, preset)
+    """The defaults trial is enqueued first: its values must be points of the space (a share of the recipe's)."""
+    config, train = default_config(method, preset), get_preset(preset).train
+    recipe = Recipe.of(train.lr, train.epochs, train.batch_size, 10_000, 9_000)
+    ranges = search_ranges(method, preset)
     for name, distribution in search_space(method, preset).items():
-        assert distribution.low <= getattr(config, name) <= distribution.high, (name, getattr(config, name))
+        point = share_of(ranges[name], getattr(config, name), recipe, getattr(config, "batch_size", 1))
+        assert distribution.low <= point <= distribution.high, (name, getattr(config, name), point)
 
 
 def test_digits_ranges_widen_the_papers_except_l1_gamma_which_moves_up():
+    absolute = {"lr": FT_LR, "epochs": EPOCHS}  # the paper's, which the base spaces now state as shares
     for method, overrides in PRESET_SEARCH_SPACES["digits"].items():
         for name, digits_range in overrides.items():
-            paper = SEARCH_SPACES[method][name]
+            base = METHODS[method].search_space[name]
+            paper = ({"ga": LogUniform(1e-5, 1e-1)}.get(method) or absolute[name]) if isinstance(base, Share) else base
             if digits_range is None:  # dropped: FT's and l1-sparse's one digits epoch
                 assert name not in search_space(method, "digits") and name in search_space(method, "cifar10")
             elif (method, name) == ("l1_sparse", "gamma"):
                 assert digits_range.low > paper.low and digits_range.high > 100 * paper.high
             else:
                 assert digits_range.low <= paper.low and digits_range.high >= paper.high, (method, name)
-    assert SEARCH_SPACES["ga"]["lr"].low == 1e-5 and SEARCH_SPACES["ga"]["lr"].high == 1e-1
+    ga = PRESET_SEARCH_SPACES["digits"]["ga"]["lr"]
+    assert ga.low == 1e-5 and ga.high == 1e-1
     with pytest.raises(ConfigError, match="no search space"):
         search_space("retrain", "digits")
 

@@ -31,7 +31,18 @@ from unlearn.methods import (
     run_method,
 )
 from unlearn.methods.base import IterativeConfig, Unlearned
-from unlearn.methods.space import EPOCHS, IntRange, LogUniform, Range, Uniform, contains
+from unlearn.methods.space import (
+    EPOCHS,
+    IntRange,
+    LogUniform,
+    Range,
+    Recipe,
+    Share,
+    Uniform,
+    contains,
+    resolve,
+    share_of,
+)
 from unlearn.methods.spec import check_run
 from unlearn.presets import PRESETS
 
@@ -40,7 +51,8 @@ FORMER_ORDER = ("retrain", "ft", "ga", "rl", "iu", "ff", "l1_sparse", "salun")
 # tasks/production/tune.py's spaces before they moved into the method modules, in sampling order: a seeded TPE
 # search's draws depend on every name, bound, scale and the order, so a change here changes what
 # `unlearn tune` finds (then update this table on purpose).
-FORMER_SPACES = {
+# The paper's ranges, absolute: the relative ones below contain them at CIFAR-10's recipe.
+PAPER_SPACES = {
     "ft": {"lr": LogUniform(1e-3, 1e-1), "epochs": IntRange(1, 10)},
     "ga": {"lr": LogUniform(1e-5, 1e-1)},
     "rl": {"lr": LogUniform(1e-3, 1e-1), "epochs": IntRange(1, 10)},
@@ -48,6 +60,16 @@ FORMER_SPACES = {
     "ff": {"alpha": LogUniform(1e-9, 1e-6)},
     "l1_sparse": {"gamma": LogUniform(1e-6, 1e-4), "lr": LogUniform(1e-3, 1e-1), "epochs": IntRange(1, 10)},
     "salun": {"lr": LogUniform(1e-3, 1e-1), "rho": Uniform(0.1, 0.9), "epochs": IntRange(1, 10)},
+}
+LR, STEPS = Share("lr", LogUniform(0.01, 10.0)), Share("steps", LogUniform(0.005, 0.2))
+FORMER_SPACES = {  # lr and epochs as shares of the recipe since calibration on own data (issue 17)
+    "ft": {"lr": LR, "epochs": STEPS},
+    "ga": {"lr": Share("lr", LogUniform(1e-4, 1.0))},
+    "rl": {"lr": LR, "epochs": STEPS},
+    "iu": {"alpha": LogUniform(1.0, 20.0)},
+    "ff": {"alpha": LogUniform(1e-9, 1e-6)},
+    "l1_sparse": {"gamma": LogUniform(1e-6, 1e-4), "lr": LR, "epochs": STEPS},
+    "salun": {"lr": LR, "rho": Uniform(0.1, 0.9), "epochs": STEPS},
 }
 FORMER_DIGITS_SPACES = {
     "ft": {"lr": LogUniform(1e-3, 0.5)},
@@ -103,8 +125,11 @@ def test_each_search_space_names_settings_of_its_config_and_holds_its_defaults(s
         assert all(searched is None or isinstance(searched, Range) for searched in space.values())
     for preset in PRESETS:  # the defaults trial is enqueued first: it must be a point of the space
         config = default_config(spec.name, preset)
+        train = PRESETS[preset].train  # a relative range's point: the share of the recipe the default is
+        recipe = Recipe.of(train.lr, train.epochs, train.batch_size, 10_000, 9_000)
         for name, searched in spec.space(preset).items():
-            assert contains(searched, getattr(config, name)), (preset, name, getattr(config, name), searched)
+            point = share_of(searched, getattr(config, name), recipe, getattr(config, "batch_size", 1))
+            assert contains(searched, point), (preset, name, getattr(config, name), point, searched)
 
 
 def test_labels_are_non_empty_distinct_and_the_reports():
@@ -254,16 +279,29 @@ def test_the_spaces_are_the_former_ones_in_the_former_order():
         assert list(METHODS[name].space("digits").items()) == list(FORMER_DIGITS_SPACES[name].items()), name
 
 
+def test_the_relative_spaces_hold_the_papers_at_cifar10s_recipe():
+    train = PRESETS["cifar10"].train  # the paper's FT: batch 256 as the recipe's, so a step share is an epoch share
+    recipe = Recipe.of(train.lr, train.epochs, train.batch_size, 45_000, 45_000)
+    for name, paper in PAPER_SPACES.items():
+        for setting, searched in FORMER_SPACES[name].items():
+            if not isinstance(searched, Share):
+                assert searched == paper[setting]
+                continue
+            low, high = (resolve(searched, bound, recipe, 256) for bound in (searched.share.low, searched.share.high))
+            assert low <= paper[setting].low and high >= paper[setting].high, (name, setting, low, high)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_tune_converts_every_range_into_the_optuna_distribution(preset):
     from optuna.distributions import FloatDistribution, IntDistribution
 
     assert set(SEARCH_SPACES) == set(APPROXIMATE_METHODS)
-    assert set(PRESET_SEARCH_SPACES["digits"]) == {"ft", "rl", "ff", "l1_sparse", "salun"}
+    assert set(PRESET_SEARCH_SPACES["digits"]) == {"ft", "ga", "rl", "ff", "l1_sparse", "salun"}
     for spec in (spec for spec in SPECS if spec.tunable):
         space = search_space(spec.name, preset)
         assert list(space) == list(spec.space(preset))
         for name, searched in spec.space(preset).items():
+            searched = searched.share if isinstance(searched, Share) else searched  # a share's range is searched
             expected = {
                 LogUniform: FloatDistribution(searched.low, searched.high, log=True),
                 Uniform: FloatDistribution(searched.low, searched.high, log=False),

@@ -11,7 +11,7 @@ from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
-from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.space import LR_SHARE, STEPS_SHARE, LogUniform, PresetSearchSpaces, SearchSpace
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
@@ -32,8 +32,8 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 32, "epochs": 1, "lr": 0.2, "lr_schedule": "cosine"},
 }
 
-# `unlearn tune`'s ranges: the paper's lr range and up to its 10 epochs.
-SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
+# `unlearn tune`'s ranges, as shares of the recipe (space.py): the paper's lr range widened, and its run length.
+SEARCH_SPACE: SearchSpace = {"lr": LR_SHARE, "epochs": STEPS_SHARE}
 # digits: FT does not forget a class at lr 0.01-0.05, so lr may go up to 0.5,
 # where fine-tuning starts to overwrite what theta_o knew. Its one epoch is not searched (None): the
 # paper's share of Retrain's epochs, issue 3's 8% of its time (a second epoch at batch 32 doubles that).

@@ -12,7 +12,7 @@ from unlearn.data import TensorSet
 from unlearn.device import Stopwatch
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, PositiveFloat, PositiveInt, Unlearned, working_copy
-from unlearn.methods.space import LogUniform, SearchSpace
+from unlearn.methods.space import GA_LR_SHARE, LogUniform, PresetSearchSpaces, SearchSpace
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
@@ -33,8 +33,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 128, "lr": 1.5e-3},
 }
 
-# `unlearn tune`'s range: the paper's GA lr range [1e-5, 1e-1], every preset.
-SEARCH_SPACE: SearchSpace = {"lr": LogUniform(1e-5, 1e-1)}
+# `unlearn tune`'s range: the paper's GA lr range, as a share of the recipe's lr (space.py).
+SEARCH_SPACE: SearchSpace = {"lr": GA_LR_SHARE}  # the paper's 1e-5..1e-1, as shares of CIFAR's lr 0.1
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-5, 1e-1)}}  # absolute, as tuned
 
 
 def negative_cross_entropy(logits: Tensor, targets: Tensor, epoch: int) -> Tensor:
@@ -58,4 +59,4 @@ def run(
     return Unlearned(model, clock.seconds, history)
 
 
-SPEC = MethodSpec("ga", "GA", Config, PRESET_DEFAULTS, run, SEARCH_SPACE)
+SPEC = MethodSpec("ga", "GA", Config, PRESET_DEFAULTS, run, SEARCH_SPACE, PRESET_SEARCH_SPACES)

@@ -13,7 +13,7 @@ from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
-from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.space import LR_SHARE, STEPS_SHARE, LogUniform, PresetSearchSpaces, SearchSpace
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import fit
 
@@ -52,7 +52,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
 
 # `unlearn tune`'s ranges: the paper's gamma range [1e-6, 1e-4] (linear decay),
 # FT's lr range and up to 10 epochs.
-SEARCH_SPACE: SearchSpace = {"gamma": LogUniform(1e-6, 1e-4), "lr": FT_LR, "epochs": EPOCHS}
+SEARCH_SPACE: SearchSpace = {"gamma": LogUniform(1e-6, 1e-4), "lr": LR_SHARE, "epochs": STEPS_SHARE}
 # digits: its ||theta||_1 is ~100x smaller than ResNet-18's, so l1 forgets from gamma ~1e-3
 # (measured: 5e-3): gamma's range moves up to [1e-5, 3e-2] (1e-6 does nothing here). lr may go up
 # to 0.5 and the one epoch is not searched (None), as FT's (ft.py).

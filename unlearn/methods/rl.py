@@ -13,7 +13,7 @@ from unlearn.device import Stopwatch
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods.base import IterativeConfig, Unlearned, working_copy
-from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace
+from unlearn.methods.space import EPOCHS, LR_SHARE, STEPS_SHARE, LogUniform, PresetSearchSpaces, SearchSpace
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import History, fit
 
@@ -30,11 +30,11 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "digits": {"batch_size": 128, "epochs": 3},  # within tune's budget (0.2 of Retrain)
 }
 
-# `unlearn tune`'s ranges: FT's lr range and up to 10 epochs.
-SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "epochs": EPOCHS}
+# `unlearn tune`'s ranges, as shares of the recipe (space.py): FT's lr and run length.
+SEARCH_SPACE: SearchSpace = {"lr": LR_SHARE, "epochs": STEPS_SHARE}
 # digits: FT does not forget a class at lr 0.01-0.05, so RL may go up to lr
-# 0.2, where fine-tuning starts to overwrite what theta_o knew.
-PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2)}}
+# 0.2, where fine-tuning starts to overwrite what theta_o knew; up to 10 epochs (absolute, as tuned).
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2), "epochs": EPOCHS}}
 
 
 def output_classes(model: nn.Module) -> int:

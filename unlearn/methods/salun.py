@@ -19,7 +19,7 @@ from unlearn.errors import ConfigError
 from unlearn.masks import Masks, apply_masks, masks_to
 from unlearn.methods.base import IterativeConfig, PositiveFloat, Unlearned, working_copy
 from unlearn.methods.rl import fit_random_labels
-from unlearn.methods.space import EPOCHS, FT_LR, LogUniform, PresetSearchSpaces, SearchSpace, Uniform
+from unlearn.methods.space import EPOCHS, LR_SHARE, STEPS_SHARE, LogUniform, PresetSearchSpaces, SearchSpace, Uniform
 from unlearn.methods.spec import MethodSpec
 from unlearn.train import prepare_model
 
@@ -48,9 +48,9 @@ PRESET_DEFAULTS: dict[str, dict] = {
 
 # `unlearn tune`'s ranges: FT's lr range, the saliency fraction rho over the
 # SalUn paper's values and up to 10 epochs.
-SEARCH_SPACE: SearchSpace = {"lr": FT_LR, "rho": Uniform(0.1, 0.9), "epochs": EPOCHS}
-# digits: lr may go up to 0.2, as RL's (rl.py).
-PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2)}}
+SEARCH_SPACE: SearchSpace = {"lr": LR_SHARE, "rho": Uniform(0.1, 0.9), "epochs": STEPS_SHARE}
+# digits: lr may go up to 0.2, as RL's (rl.py); up to 10 epochs (absolute, as tuned).
+PRESET_SEARCH_SPACES: PresetSearchSpaces = {"digits": {"lr": LogUniform(1e-3, 0.2), "epochs": EPOCHS}}
 
 
 def forget_gradients(
