@@ -170,6 +170,22 @@ def test_layerwise_fisher_chunks_match_one_pass(monkeypatch):
         torch.testing.assert_close(value, whole[key])
 
 
+@pytest.mark.parametrize("name", ["conv-bn-linear", "tuple output"])
+def test_sampled_fisher_is_an_unbiased_seeded_estimate(name):
+    model, data = _models()[name], _tiny_set(3, seed=14)
+    exact = fisher_sum(model, data.inputs)
+    copies = data.inputs.repeat(2000, 1, 1, 1)  # 2,000 draws per sample
+
+    def sampled(seed: int) -> dict[str, torch.Tensor]:
+        return fisher_sum(model, copies, torch.Generator().manual_seed(seed))
+
+    first = sampled(0)
+    for key, value in exact.items():  # the mean of the draws is the exact sum (within ~3 standard errors)
+        torch.testing.assert_close(first[key].sum() / 2000, value.sum(), rtol=0.1, atol=0)
+    assert all(torch.equal(first[key], value) for key, value in sampled(0).items())
+    assert not all(torch.equal(first[key], value) for key, value in sampled(1).items())
+
+
 @pytest.mark.parametrize("damping, solver", [(1.0, "conjugate gradients"), (1e-6, "direct")])
 def test_woodbury_product_by_conjugate_gradients_or_direct(monkeypatch, damping, solver):
     generator = torch.Generator().manual_seed(8)

@@ -56,24 +56,41 @@ def per_sample_loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) 
     }
 
 
-def fisher_sum(model: nn.Module, inputs: Tensor) -> Parameters:
+def fisher_sum(model: nn.Module, inputs: Tensor, generator: torch.Generator | None = None) -> Parameters:
     """sum_i sum_y p(y|x_i) (d log p(y|x_i) / d theta)^2 over `inputs`: {name: tensor}.
 
-    The sum over y is exact: one backward pass batched over the C classes, whose vector for
-    class y and sample i is sqrt(p(y|x_i)) (e_y - p_i), the gradient of
-    sqrt(p(y|x_i)) log p(y|x_i) w.r.t. the logits with the square root held constant.
+    The sum over y is exact: one backward pass per class, whose vector for class y and sample i
+    is sqrt(p(y|x_i)) (e_y - p_i), the gradient of sqrt(p(y|x_i)) log p(y|x_i) w.r.t. the logits
+    with the square root held constant.
+
+    With a `generator`, one label y_i per sample is drawn from p(.|x_i) instead (on the CPU, so
+    seeded alike on every device) and the sum is sum_i (d log p(y_i|x_i) / d theta)^2: an
+    unbiased estimate of the same quantity (its expectation over the draws is the exact sum),
+    from one backward pass instead of one per class.
     """
     params = trainable_parameters(model)
     try:
         logits, calls = _forward_recorded(model, inputs)
     except _Unsupported:
         jacobians, probs = per_sample_log_prob_jacobians(model, inputs)
-        return {name: torch.einsum("bc,bc...->...", probs, jacobians[name].square()) for name in params}
+        if generator is None:
+            return {name: torch.einsum("bc,bc...->...", probs, jacobians[name].square()) for name in params}
+        drawn = _draw_labels(probs, generator)
+        rows = torch.arange(len(inputs), device=inputs.device)
+        return {name: jacobians[name][rows, drawn].square().sum(0) for name in params}
     probs = torch.softmax(logits.detach(), dim=-1)
     classes = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
-    vectors = probs.T.sqrt()[:, :, None] * (classes[:, None, :] - probs[None])  # (C, B, C)
+    if generator is None:
+        vectors = probs.T.sqrt()[:, :, None] * (classes[:, None, :] - probs[None])  # (C, B, C)
+    else:
+        vectors = (classes[_draw_labels(probs, generator)] - probs)[None]  # (1, B, C)
     sums = _square_sums(logits, calls, vectors)
     return {name: sums.get(name, torch.zeros_like(p)) for name, p in params.items()}
+
+
+def _draw_labels(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One label per row of `probs` (B, C), drawn on the CPU with `generator`, on probs' device."""
+    return torch.multinomial(probs.detach().cpu().double(), 1, generator=generator).squeeze(1).to(probs.device)
 
 
 def per_sample_loss_gradients_torch_func(model: nn.Module, inputs: Tensor, labels: Tensor) -> Parameters:
