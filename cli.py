@@ -564,15 +564,32 @@ def report(params: StudyParams = PARAMS_FILE) -> None:
 
 
 @app.command("train-original")
-def train_original(params: StudyParams = PARAMS_FILE) -> None:
-    """Train (and prune, per `deletion.sparsity`) the first champion and register it in MLflow."""
+def train_original(
+    params: StudyParams = PARAMS_FILE,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Search the deletion method's settings on the champion (default: `calibrate.enabled`; "
+            "skipped anyway where params.yaml has tuned values for the data set).",
+        ),
+    ] = None,
+) -> None:
+    """Train (and prune, per `deletion.sparsity`) the first champion, register it in MLflow, calibrate its method."""
     from flows.train_original import train_original as flow
+    from tasks.adapters.params import values_text
 
-    summary = flow(str(params))
+    summary = flow(str(params), calibrate=calibrate)
     typer.echo(
         f"{summary['model']}: champion v{summary['champion_version']} "
         f"(sparsity {summary['sparsity']:.0%}, dense original v{summary['dense_version']})"
     )
+    found = summary["calibrated_values"]
+    values = "; ".join(f"{method} {values_text(settings) or '-'}" for method, settings in found.items())
+    if summary["calibration"] == "calibrated":
+        typer.echo(f"calibration: {values} ({summary['calibration_cost_retrains']:.1f} x Retrain)")
+    else:
+        typer.echo(f"calibration: skipped ({summary['calibration_reason']}); {values}")
 
 
 @audit_app.command("build")

@@ -212,11 +212,11 @@ def describe_run(tracker, params: Params, batch, candidate) -> None:
 
     if not tracker.enabled:
         return
-    config = deletion.batch_method_config(params)
+    config = candidate.config or flatten(deletion.batch_method_config(params, deletion.champion_version(params)))
     tracker.log_params({
         "method": candidate.method, "champion_version": candidate.parent_version,
         "ledger_batches": ",".join(candidate.batches), "requests": ",".join(batch.request_ids),
-        **{f"method_config.{key}": value for key, value in flatten(config).items()},
+        **{f"method_config.{key}": value for key, value in config.items()},
     })  # fmt: skip
     tracker.set_tags({
         "mlflow.note.content": (

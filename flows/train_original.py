@@ -1,5 +1,12 @@
 """The `train_original` flow: train (and prune, per `deletion.sparsity`) the first champion and register it,
-then build its audit reference pool (`flows.audit_pool`).
+calibrate the deletion method's settings on it, then build its audit reference pool (`flows.audit_pool`).
+
+Calibration (`tasks.production.tune.calibrate`, params.yaml `calibrate:`) searches each method's settings
+on simulated deletions from the champion itself, its trials fanned out as Prefect tasks (`flows.tune`),
+within `calibrate.max_retrains` Retrains. It is skipped where params.yaml's `tuned` already has values
+for the data set, scenario and sparsity (digits' shipped ones) or when switched off
+(`--no-calibrate`); either way the champion's version records what was decided (`calibration.*` tags,
+the `calibration/calibration.json` artefact), and every deletion batch unlearns with it.
 
 It reuses the study's stage tasks (prepare, train, prune) on one seed, registers the dense
 original and, where configured, the sparse original as a child of it, and points the
@@ -22,11 +29,12 @@ from prefect.runtime import flow_run
 from flows.audit_pool import audit_pool
 from flows.deployments import capture_project_logs, named_by_params
 from flows.stages import prepare_task, prune_task, train_task
+from flows.tune import run_as_tasks
 from tasks.adapters import layout, registry, tracking
 from tasks.adapters.ledger import Ledger
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
-from tasks.adapters.workspace import load_model
-from tasks.production import deletion
+from tasks.adapters.workspace import bundle, device, load_model
+from tasks.production import deletion, tune
 
 capture_project_logs()
 
@@ -51,13 +59,18 @@ def anchor_tags(params: Params, ledger: Ledger) -> dict[str, str]:
     return registry.ledger_anchor_tags(params.deletion.ledger, last, ledger.digest(), len(ledger.rows))
 
 
+def original_checkpoint(params: Params, dense: bool):
+    """The champion seed's dense original, or its pruned original at `deletion.sparsity`."""
+    seed, root = params.deletion.seed, layout.CHAMPION_MODELS
+    return layout.original_path(seed, root) if dense else layout.pruned_path(params.deletion.sparsity, seed, root)
+
+
 @task(name="register-original", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register(params: Params, champion: bool, parent_version: str | None = None, ledger: Ledger | None = None):
     """Register the dense (or sparse) original of the champion seed."""
     seed, sparsity = params.deletion.seed, params.deletion.sparsity
-    root = layout.CHAMPION_MODELS
     dense = parent_version is None
-    path = layout.original_path(seed, root) if dense else layout.pruned_path(sparsity, seed, root)
+    path = original_checkpoint(params, dense)
     _, checkpoint = load_model(path)
     tags = {"prefect.flow_run_id": str(flow_run.id), "seed": str(seed), **anchor_tags(params, ledger or Ledger())}
     with tracking.run(
@@ -78,17 +91,32 @@ def register(params: Params, champion: bool, parent_version: str | None = None, 
         )
 
 
+def calibrate_champion(params: Params, champion, excluded: list[str], enabled: bool | None) -> tune.Calibration:
+    """Calibrate the deletion method(s) on the champion (or record why not); tag its version, attach the record."""
+    model, checkpoint = load_model(original_checkpoint(params, dense=params.deletion.sparsity == 0))
+    found = tune.calibrate(
+        params, model, bundle(), masks=checkpoint.masks, sparsity=params.deletion.sparsity, excluded=excluded,
+        enabled=enabled, execute=run_as_tasks, device=device(),
+    )  # fmt: skip
+    folder = layout.CHAMPION_MODELS / registry.CALIBRATION_ARTIFACTS
+    found.save(folder)
+    registry.set_version_tags(champion.name, str(champion.version), found.tags())
+    registry.log_version_artifacts(champion, folder, registry.CALIBRATION_ARTIFACTS)
+    return found
+
+
 def describe(params: Params) -> str:
     """What a train-original run trains: `digits-s0.5` (the preset, the champion's sparsity)."""
     return f"{params.data.preset}-s{params.deletion.sparsity:g}"
 
 
 @flow(name="train-original", flow_run_name=named_by_params("train-original", describe), log_prints=True)
-def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True) -> dict:
-    """Train the first champion on the whole training set, prune it if configured, register it.
+def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True, calibrate: bool | None = None) -> dict:
+    """Train the first champion on the whole training set, prune it if configured, register it, calibrate.
 
     Args:
         build_pool: then build its audit reference pool (the `audit-pool` flow, K references).
+        calibrate: None: as `calibrate.enabled` says; False: skip calibration (`--no-calibrate`).
     """
     params = champion_params(load_params(params_path))
     prepare_task(params)
@@ -102,6 +130,7 @@ def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True)
     if sparse:
         prune_task(params, params.deletion.sparsity, root=root, excluded=excluded)
         champion = register(params, champion=True, parent_version=str(dense.version), ledger=ledger)
+    calibration = calibrate_champion(params, champion, excluded, calibrate)
     pool = audit_pool(params_path, str(champion.version)) if build_pool else {}
     summary = {
         "model": champion.name,
@@ -109,6 +138,10 @@ def train_original(params_path: str = str(PARAMS_FILE), build_pool: bool = True)
         "dense_version": str(dense.version),
         "sparsity": params.deletion.sparsity,
         "excluded_samples": len(excluded),
+        "calibration": calibration.status,
+        "calibration_reason": calibration.reason,
+        "calibrated_values": {method: calibration.values(method) for method in calibration.methods},
+        "calibration_cost_retrains": calibration.cost_retrains,
         "audit_pool": pool.get("pool", ""),
         "audit_references": pool.get("references", 0),
     }

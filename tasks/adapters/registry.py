@@ -93,6 +93,16 @@ AUDIT_TABLE = "audit.csv"
 # of). Its other tags (lineage, metrics, promotion) and its review artefacts stay.
 PURGED_TAG = "purged"
 PURGED_PREFIX = "purged."
+# The settings a champion's lineage unlearns with (`tasks.production.tune.calibrate`, run by train-original):
+# `calibration.status` calibrated | skipped, `.dataset`, `.date`, `.reason` (why skipped), `.scenario`,
+# `.sparsity`, `.cost_retrains`, and per method `calibration.values.<method>` (JSON of its settings). The
+# champion's full record is its `calibration/calibration.json` artefact. Every version unlearned from it
+# inherits these tags and records the config it ran with (`METHOD_CONFIG_TAG`, JSON).
+CALIBRATION_PREFIX = "calibration."
+CALIBRATION_STATUS_TAG = "calibration.status"
+CALIBRATION_VALUES_PREFIX = "calibration.values."
+CALIBRATION_ARTIFACTS = "calibration"
+METHOD_CONFIG_TAG = "method.config"
 MODEL_ARTIFACT = "model"
 # torch.export's graph format: loading runs no pickled code (as checkpoints load with
 # weights_only=True) and needs no `unlearn` package. ~3 s to log a digits model here;
@@ -605,6 +615,32 @@ def _bootstrap_champion(version: ModelVersion) -> None:
         f"{PROMOTION_PREFIX}previous_champion": "",
     }
     record_promotion(version.name, str(version.version), first)
+
+
+def calibration_tags(version: ModelVersion) -> dict[str, str]:
+    """The calibration tags of a version ({} where it has none): what its lineage's champion was calibrated with."""
+    return {key: value for key, value in version.tags.items() if key.startswith(CALIBRATION_PREFIX)}
+
+
+def calibrated_values(version: ModelVersion, method: str) -> dict[str, object]:
+    """The settings a calibration found for `method` on `version` (`calibration.values.<method>`).
+
+    {} where it has none, and where its calibration was skipped: then the values it records are the
+    tuned ones it found in params.yaml, which params.yaml still supplies.
+    """
+    if version.tags.get(CALIBRATION_STATUS_TAG) != "calibrated":
+        return {}
+    text = version.tags.get(f"{CALIBRATION_VALUES_PREFIX}{method}")
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RegistryError(f"{version.name} v{version.version}: {CALIBRATION_VALUES_PREFIX}{method} is no JSON: "
+                            f"{error}") from error  # fmt: skip
+    if not isinstance(values, dict):
+        raise RegistryError(f"{version.name} v{version.version}: {CALIBRATION_VALUES_PREFIX}{method} is no mapping")
+    return values
 
 
 # --- history -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ with an error naming what changed.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from tasks.adapters import dvc_branch, layout, registry, tracking
 from tasks.adapters.expectations import validate_against
 from tasks.adapters.ledger import Ledger, batch_split, validate_batch
-from tasks.adapters.params import Params, method_config
+from tasks.adapters.params import Params, flatten, method_config
 from tasks.adapters.requests import DeletionRequest, Inbox, InboxError, new_batch_id, open_inbox
 from tasks.adapters.workspace import bundle, device, dvc_add, load_model
 from tasks.production import audit
@@ -93,6 +94,7 @@ class Candidate:
     masks: Masks
     champion_checkpoint: Path  # the verified checkpoint it was unlearned from (the audit scores it too)
     batches: tuple[str, ...] = ()  # the ledger batches it forgot: every one since its champion's (this one last)
+    config: dict = field(default_factory=dict)  # the method config it ran with, flattened (`batch_method_config`)
 
 
 def inbox_of(params: Params) -> Inbox:
@@ -265,12 +267,23 @@ def existing_candidate(params: Params, batch: Batch):
     return found[0] if found else None
 
 
-def batch_method_config(params: Params):
-    """How a batch unlearns: `deletion.method` with the values tuned for `deletion.tuned_scenario`."""
+def batch_method_config(params: Params, champion=None):
+    """How a batch unlearns: `deletion.method`'s config, each source overriding the ones before it:
+
+    1. the method's preset defaults (`unlearn/methods/<name>.py`);
+    2. params.yaml's `tuned.<method>.<data set>.<deletion.tuned_scenario>.<sparsity>` (`unlearn tune`);
+    3. the values the champion was calibrated with (`champion`'s `calibration.values.<method>`, where
+       train-original calibrated it; a skipped calibration records none to apply);
+    4. params.yaml's `unlearn.settings.<method>`: what the user states explicitly always wins;
+    5. the seed, `deletion.seed`.
+    """
     deletion = params.deletion
+    calibrated = registry.calibrated_values(champion, deletion.method) if champion is not None else {}
+    explicit = params.unlearn.settings.get(deletion.method, {})
     return method_config(
-        params, deletion.method, scenario=deletion.tuned_scenario, sparsity=deletion.sparsity, seed=deletion.seed
-    )
+        params, deletion.method, scenario=deletion.tuned_scenario, sparsity=deletion.sparsity,
+        **{**calibrated, **explicit, "seed": deletion.seed},
+    )  # fmt: skip
 
 
 def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchSplit) -> Candidate:
@@ -283,15 +296,17 @@ def unlearn_champion(params: Params, batch: Batch, ledger: Ledger, split: BatchS
     forget_ids = ledger.sample_ids_of(batches)
     forget_set = data.train.subset(resolve_ids(data.train, forget_ids))
     method, path = params.deletion.method, layout.batch_model_path(batch.batch_id)
+    config = batch_method_config(params, champion)
     result = unlearn_checkpoint(
         params, data, method, model, checkpoint, (split.split.retain_set(data), forget_set),
-        batch_method_config(params), path,
+        config, path,
         batch_id=batch.batch_id, parent_version=str(champion.version), split_digest=split.split.digest(),
         request_ids=batch.request_ids,
     )  # fmt: skip
     return Candidate(
-        path, result.seconds, str(champion.version), method, result.model, checkpoint.masks, champion_path, batches
-    )
+        path, result.seconds, str(champion.version), method, result.model, checkpoint.masks, champion_path, batches,
+        flatten(config),
+    )  # fmt: skip
 
 
 def forgotten_through(version) -> str | None:
@@ -391,6 +406,8 @@ def register_candidate(
         registry.DELETION_KIND_TAG: request_kind(split),
         registry.FORGET_SAMPLES_TAG: str(len(split.split.forget)),
         **audit.pool_tags(champion_version(params)),
+        **registry.calibration_tags(champion_version(params)),
+        **({registry.METHOD_CONFIG_TAG: json.dumps(candidate.config, sort_keys=True)} if candidate.config else {}),
         **(batch_audit.tags() if batch_audit else {}),
     }
     return registry.register_unlearned(

@@ -50,7 +50,7 @@ def _verdict(gate) -> str:
 def review_markdown(review: Review, rows: list[dict[str, str]]) -> str:
     """The review as a markdown report."""
     verdict = "promotable" if review.passed else "NOT promotable"
-    lines = [f"# {review.model} v{review.version}: {verdict}", ""]
+    lines = [f"# {review.model} v{review.version}: {verdict}", "", review.calibration_line(), ""]
     lines += ["```", review.render(), "```", "", "## Gates", "", "| rule | value | threshold | verdict | why |",
               "|---|---|---|---|---|"]  # fmt: skip
     for gate in review.gates:

@@ -20,10 +20,12 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from tasks.adapters import tracking
-from tasks.adapters.params import PARAMS_FILE, GateParams, Params, load_params
+from tasks.adapters.params import PARAMS_FILE, GateParams, Params, load_params, values_text
 from tasks.adapters.registry import (
     AUDIT_PREFIX,
     BATCH_TAG,
+    CALIBRATION_STATUS_TAG,
+    CALIBRATION_VALUES_PREFIX,
     CANDIDATE,
     CHAMPION,
     DELETION_KIND_TAG,
@@ -104,6 +106,10 @@ class Review:
             return f"evidence: {verdict} (no audit recorded: audit power n/a)"
         return f"evidence: {verdict} (audit power {power:.2f} on {audit.samples} samples)"
 
+    def calibration_line(self) -> str:
+        """Which settings the version's method ran with, and why (`calibration_line`)."""
+        return calibration_line(self.tags)
+
     def render(self) -> str:
         """A plain-text table for the terminal."""
 
@@ -127,6 +133,7 @@ class Review:
         lines.append(f"  gates ({kind} request):")
         lines += [f"    {gate.line()}" for gate in self.gates]
         lines.append(f"  {self.evidence_line()}")
+        lines.append(f"  {self.calibration_line()}")
         audit = self.evidence.audit if self.evidence else None
         if audit is not None:
             lines.append(
@@ -141,6 +148,41 @@ class Review:
                          "since it was built): rebuild it with `unlearn audit build`")  # fmt: skip
         lines.append(f"  verdict: {'promotable' if self.passed else 'NOT promotable'}")
         return "\n".join(lines)
+
+
+def calibration_line(tags: dict[str, str]) -> str:
+    """`calibration: calibrated on shapes at 2026-12-07, values lr 0.12, epochs 1 (2.9 x Retrain)`, from the tags a
+    version inherits from its champion (`tasks.adapters.registry`, `calibration.*`); "uncalibrated" where
+    none were found on the data set: no calibration recorded, switched off, or the method not among those calibrated.
+    """
+    status, method = tags.get(CALIBRATION_STATUS_TAG), tags.get(METHOD_TAG)
+    dataset, when = tags.get("calibration.dataset", "?"), tags.get("calibration.date", "?")
+    reason = tags.get("calibration.reason", "")
+    found = {
+        key.removeprefix(CALIBRATION_VALUES_PREFIX): value
+        for key, value in tags.items()
+        if key.startswith(CALIBRATION_VALUES_PREFIX) and (method is None or key.endswith(f".{method}"))
+    }
+    shown = "; ".join(f"{name}: {_values(text)}" if method is None else _values(text) for name, text in found.items())
+    if status == "calibrated" and found:
+        cost = tags.get("calibration.cost_retrains")
+        return (f"calibration: calibrated on {dataset} at {when}, values {shown}"
+                + (f" ({cost} x Retrain)" if cost else ""))  # fmt: skip
+    if status == "calibrated":
+        return (f"calibration: uncalibrated (the calibration on {dataset} at {when} found no values for {method}: "
+                "not among calibrate.methods, or no trial within calibrate.max_cost_share)")  # fmt: skip
+    if status == "skipped" and reason.startswith("tuned values"):
+        return f"calibration: skipped ({reason}), values {shown or '-'}"
+    if status == "skipped":
+        return f"calibration: uncalibrated (skipped: {reason}), values {shown or '-'}"
+    return "calibration: uncalibrated (no calibration recorded: preset defaults, tuned values or unlearn.settings)"
+
+
+def _values(text: str) -> str:
+    try:
+        return values_text(json.loads(text))
+    except (json.JSONDecodeError, AttributeError):
+        return text
 
 
 def _retrain_metrics(version: ModelVersion, store: MlflowClient) -> dict[str, float]:

@@ -793,7 +793,7 @@ class Calibration:
             tags["calibration.seeds"] = ",".join(str(seed) for seed in self.seeds)
         for method in self.methods:
             if self.values(method):
-                tags[f"{registry.CALIBRATION_VALUES_PREFIX}{method}"] = json.dumps(self.values(method), sort_keys=True)
+                tags[f"{registry.CALIBRATION_VALUES_PREFIX}{method}"] = json.dumps(self.values(method))
         return tags
 
     def save(self, folder: str | Path) -> Path:
