@@ -110,6 +110,23 @@ TRANSFER_PRESETS: dict[str, TransferPreset] = {
 }
 
 
+def split_classes(num_classes: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(source, target, forget) classes of a data set of `num_classes` classes split in two, as `within` splits digits.
+
+    The first ceil(C/2) classes are the source task, the rest the target task; the first two
+    fifths of the source's (at least one, never all) are forgotten. Ten classes give `within`'s
+    0-4 -> 5-9, forgetting 0 and 1; three give 0, 1 -> 2, forgetting 0.
+    """
+    if num_classes < 3:
+        raise ConfigError(
+            f"a transfer within one data set needs at least 3 classes (2 for the source task, 1 for the "
+            f"target), found {num_classes}"
+        )
+    cut = (num_classes + 1) // 2
+    forget = min(cut - 1, max(1, round(cut * 2 / 5)))
+    return tuple(range(cut)), tuple(range(cut, num_classes)), tuple(range(forget))
+
+
 def get_transfer_preset(name: str) -> TransferPreset:
     """The transfer preset called `name`."""
     try:

@@ -4,7 +4,9 @@ Trains the source model on the source classes, forgets the forget classes with `
 (and with Retrain, the reference), then transfers the original, unlearned and retrained sources
 to the target classes by a linear probe and by full fine-tuning. The tasks are
 `transfer.preset`'s with the group's overrides: classes of the prepared data set (the default),
-or a source and a target data set read from their own roots (CIFAR-100 -> CIFAR-10).
+or a source and a target data set read from their own roots (CIFAR-100 -> CIFAR-10). On the
+user's own data set (`data.source` npz or images), `within` splits its own classes in two
+(`unlearn.transfer.split_classes`) wherever the group leaves the class fields null.
 Writes metrics/transfer.json (one row per source and mode) and reports/transfer.md.
 """
 
@@ -25,11 +27,12 @@ from unlearn.methods import default_config, retrain
 from unlearn.original import train_original
 from unlearn.presets import Preset, get_preset
 from unlearn.train import accuracy
-from unlearn.transfer import TransferConfig, TransferRow, source_and_target, transfer_study
+from unlearn.transfer import TransferConfig, TransferRow, source_and_target, split_classes, transfer_study
 
 METRICS = layout.TRANSFER_METRICS
 REPORT = layout.TRANSFER_REPORT
 MODE_LABELS = {"linear_probe": "linear probe", "fine_tune": "fine-tune"}
+CLASS_FIELDS = ("source_classes", "target_classes", "forget_classes")
 
 
 def source_recipe(params: Params) -> Preset:
@@ -47,21 +50,47 @@ def data_sources(params: Params) -> tuple[tuple[str, str] | None, tuple[str, str
     group, spec = params.transfer, params.transfer.spec()
     source = None if spec.source is None else (spec.source, group.source_root or params.data.root)
     target = None if spec.target is None else (spec.target, group.target_root or params.data.root)
-    prepared = (preset(params).dataset, params.data.root)
-    return source, None if target in (source or prepared, None) else target
+    return source, None if target in (source or prepared_source(params), None) else target
 
 
-def transfer_config(params: Params) -> TransferConfig:
-    """`unlearn.transfer.TransferConfig` from the transfer group (recipes: the core's, epochs overridden)."""
+def prepared_source(params: Params) -> tuple[str, str | None]:
+    """(data set, root) the prepare stage read: the preset's from data.root, or the user's npz file or image folder."""
+    data = params.data
+    return (preset(params).dataset, data.root) if data.source == "preset" else (data.source, data.path)
+
+
+def task_classes(params: Params, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The source, target and forget classes of a source data set with `num_classes` classes.
+
+    The transfer preset's, with the group's overrides. On the user's own data set, when both tasks
+    are its classes (`within`: neither `transfer.source` nor `transfer.target` set), every class
+    field left null comes from `unlearn.transfer.split_classes` instead: the preset's are digits'.
+    """
+    group, spec = params.transfer, params.transfer.spec()
+    chosen = {name: getattr(spec, name) for name in CLASS_FIELDS}
+    if params.data.source != "preset" and spec.source is None and spec.target is None:
+        try:
+            derived = dict(zip(CLASS_FIELDS, split_classes(num_classes), strict=True))
+        except ConfigError as error:
+            raise ConfigError(f"transfer on {params.data.dataset}: {error}; set transfer.*_classes") from error
+        chosen = {name: chosen[name] if getattr(group, name) is not None else derived[name] for name in CLASS_FIELDS}
+    return chosen
+
+
+def transfer_config(params: Params, classes: dict[str, tuple[int, ...]] | None = None) -> TransferConfig:
+    """`unlearn.transfer.TransferConfig` from the transfer group (recipes: the core's, epochs overridden).
+
+    Args:
+        classes: the tasks' classes (`task_classes`); default: the preset's with the group's overrides.
+    """
     group, base, spec = params.transfer, TransferConfig(), params.transfer.spec()
+    classes = classes or {name: getattr(spec, name) for name in CLASS_FIELDS}
     recipe = source_recipe(params)
     probe_epochs = group.linear_probe_epochs or base.linear_probe.epochs
     tune_epochs = group.fine_tune_epochs or base.fine_tune.epochs
     try:
         return TransferConfig(
-            source_classes=spec.source_classes,
-            target_classes=spec.target_classes,
-            forget_classes=spec.forget_classes,
+            **classes,
             method=group.method,
             preset=recipe.name,
             method_config=default_config(group.method, recipe.name, seed=group.seed, **group.settings),
@@ -83,13 +112,14 @@ def load_data(where: tuple[str, str] | None, params: Params) -> DataBundle:
     return load_dataset(name, root, seed=params.data.seed, download=params.data.download)
 
 
-def tasks(params: Params, config: TransferConfig) -> tuple[DataBundle, DataBundle]:
-    """The source and target tasks (`unlearn.transfer.source_and_target`) of the transfer group."""
+def tasks(params: Params) -> tuple[TransferConfig, DataBundle, DataBundle]:
+    """The transfer's config and its source and target tasks (`unlearn.transfer.source_and_target`)."""
     source_where, target_where = data_sources(params)
     source_data = load_data(source_where, params)
     target_data = None if target_where is None else load_data(target_where, params)
+    config = transfer_config(params, task_classes(params, source_data.num_classes))
     try:
-        return source_and_target(source_data, config, target_data)
+        return config, *source_and_target(source_data, config, target_data)
     except ConfigError as error:
         raise ConfigError(f"transfer (preset {params.transfer.preset!r}): {error}") from error
 
@@ -100,8 +130,8 @@ def row_dict(row: TransferRow) -> dict:
 
 def run_transfer(params: Params) -> Path:
     """Train the source model, run `transfer_study`, write metrics/transfer.json and reports/transfer.md."""
-    chosen, config = device(), transfer_config(params)
-    source, target = tasks(params, config)
+    chosen = device()
+    config, source, target = tasks(params)
     recipe = source_recipe(params)
     tags = {"application": "transfer", "dataset": source.name, "arch": recipe.arch, "target_dataset": target.name}
     with tracked(params, "train", "transfer-source", recipe.train, **tags) as tracker:
@@ -114,7 +144,8 @@ def run_transfer(params: Params) -> Path:
         tracker.log_evaluation({f"{r['source']}.{r['mode']}.{k}": r[k] for r in rows
                                 for k in ("target_accuracy", "seconds", "unlearn_seconds")})  # fmt: skip
     result = {"source_test_accuracy": source_accuracy, "method": config.method, "source_dataset": source.name,
-              "target_dataset": target.name, "rows": rows}  # fmt: skip
+              "target_dataset": target.name, **{name: list(getattr(config, name)) for name in CLASS_FIELDS},
+              "rows": rows}  # fmt: skip
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps(result, indent=2) + "\n")
     REPORT.parent.mkdir(parents=True, exist_ok=True)
@@ -148,16 +179,19 @@ def class_list(classes: tuple[int, ...]) -> str:
 
 
 def render(params: Params, result: dict) -> str:
-    """reports/transfer.md: the tasks, the method and every row."""
+    """reports/transfer.md: the tasks (the classes the run recorded, else the preset's), the method and every row."""
     spec = params.transfer.spec()
-    source_name = result.get("source_dataset", params.data.preset)
+    source_name = result.get("source_dataset", params.data.dataset)
     target_name = result.get("target_dataset", source_name)
+    source_classes, target_classes, forget_classes = (
+        tuple(result.get(name, getattr(spec, name))) for name in CLASS_FIELDS
+    )
     return (
         "# Transfer after unlearning\n\n"
-        f"Source task: {source_name} classes {class_list(spec.source_classes)} (source model's test accuracy "
-        f"{result['source_test_accuracy']:.2f}%). Forgotten: classes {class_list(spec.forget_classes)}, by "
+        f"Source task: {source_name} classes {class_list(source_classes)} (source model's test accuracy "
+        f"{result['source_test_accuracy']:.2f}%). Forgotten: classes {class_list(forget_classes)}, by "
         f"{label(result['method'])} (`unlearned`) and by Retrain (`retrained`, the reference). Target task: "
-        f"{target_name} classes {class_list(spec.target_classes)}. Linear probe: a new head on frozen features; "
+        f"{target_name} classes {class_list(target_classes)}. Linear probe: a new head on frozen features; "
         "fine-tune: every layer. Accuracies are target test top-1, in percent.\n\n" + table(result["rows"]) + "\n"
     )
 
