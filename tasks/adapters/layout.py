@@ -7,6 +7,9 @@ from pathlib import Path
 # The one experiment configuration: DVC params, stage and flow parameters (loaded by tasks/adapters/params.py).
 PARAMS_FILE = Path("params.yaml")
 RAW = Path("data/raw/dataset.npz")
+# The user's own data sets (`data.path` under it): the prepare stage's DVC dependency, so `dvc repro`
+# re-prepares when a file here changes. Its placeholder keeps it in every checkout.
+OWN_DATA = Path("data/own")
 SPLITS = Path("data/splits")
 MODELS = Path("models")
 CHAMPION_MODELS = MODELS / "champion"

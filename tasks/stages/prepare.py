@@ -3,12 +3,17 @@
 The training samples a purge removed (`tasks.production.purge`) are left out, so no run of this
 stage brings a deleted sample back: the purge record beside the deletion ledger
 (`<ledger>.purge.json`) names the ledger batch through which every deleted sample's pixels are gone.
+
+DVC watches the user's own data sets under `data/own/` (`layout.OWN_DATA`, a dependency of the
+stage): a changed, added or removed file there re-prepares. A `data.path` elsewhere is read all
+the same, with a warning that `dvc repro` will not notice its changes.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from unlearn.data import load_source as own_data
 from unlearn.errors import ConfigError
 
 PURGE_RECORD_SUFFIX = ".purge.json"
+log = logging.getLogger(__name__)
 
 
 def purge_record_path(ledger: str | Path) -> Path:
@@ -74,6 +80,9 @@ def load_source(params: Params) -> DataBundle:
     data = params.data
     if data.source == "preset":
         return load_dataset(preset(params).dataset, data.root, seed=data.seed, download=data.download)
+    if not watched(data.path):
+        log.warning("data.path %s is outside %s/: dvc repro does not see its files change (move it there, or run "
+                    "`dvc repro --force prepare` after changing them)", data.path, layout.OWN_DATA)  # fmt: skip
     return own_data(
         data.source,
         data.path,
@@ -83,6 +92,15 @@ def load_source(params: Params) -> DataBundle:
         image_size=data.image_size,
         max_bytes=data.max_bytes,
     )
+
+
+def watched(path: str | Path) -> bool:
+    """Whether `path` lies under `layout.OWN_DATA`, the folder the prepare stage's DVC dependency watches."""
+    try:
+        Path(path).resolve().relative_to(layout.OWN_DATA.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def prepare(params: Params) -> Path:

@@ -62,7 +62,7 @@ def make_repo(path: Path, params: dict) -> Path:
     path.mkdir()
     for folder in ("unlearn", "tasks"):
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", "reports/tuning.json"):
+    for name in ("dvc.yaml", ".dvcignore", "reports/tuning.json", "data/own/.gitkeep"):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -265,7 +265,7 @@ def layout_paths(argv: list[str]) -> tuple[set[Path], set[Path]]:
     scenario, method = opts.get("scenario"), opts.get("method")
     match module, action:
         case "tasks.stages.prepare", None:
-            return set(), {layout.RAW}
+            return {layout.OWN_DATA}, {layout.RAW}
         case "tasks.stages.split", None:
             return {layout.RAW}, split_files(scenario)
         case "tasks.stages.validate", None:
