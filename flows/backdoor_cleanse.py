@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.deployments import capture_project_logs, named_by_params
+from flows.deployments import capture_project_logs, named_by_params, thread_policy
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import default_gpu_slots, ensure_gpu_limit, raise_first_failure
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
@@ -37,11 +37,11 @@ TROJAN_ALIAS = "backdoor-trojan"
 CLEANSED_ALIAS = "backdoor-cleansed"
 _STAGE = {"cache_policy": NO_CACHE, "retries": 0}
 
-train_trojan_task = task(backdoor.train_trojan, name="backdoor_train", task_run_name="backdoor-train",
+train_trojan_task = task(thread_policy(backdoor.train_trojan), name="backdoor_train", task_run_name="backdoor-train",
                          tags=[GPU_TAG], **_STAGE)  # fmt: skip
-prune_trojan_task = task(backdoor.prune_trojan, name="backdoor_prune", task_run_name="backdoor-prune-s{sparsity}",
-                         tags=[GPU_TAG], **_STAGE)  # fmt: skip
-cleanse_task = task(backdoor.cleanse_trojan, name="backdoor_cleanse",
+prune_trojan_task = task(thread_policy(backdoor.prune_trojan), name="backdoor_prune",
+                         task_run_name="backdoor-prune-s{sparsity}", tags=[GPU_TAG], **_STAGE)  # fmt: skip
+cleanse_task = task(thread_policy(backdoor.cleanse_trojan), name="backdoor_cleanse",
                     task_run_name="backdoor-cleanse-{method}-s{sparsity}", tags=[GPU_TAG], **_STAGE)  # fmt: skip
 report_task = task(backdoor.build_report, name="backdoor_report", task_run_name="backdoor-report", **_STAGE)
 
@@ -112,7 +112,7 @@ def publish_report(params: Params, registered: dict[str, Any] | None) -> str:
     return str(artifact_id)
 
 
-@flow(name="backdoor_cleanse", flow_run_name=named_by_params("backdoor-cleanse", lambda params: params.data.preset))
+@flow(name="backdoor_cleanse", flow_run_name=named_by_params("backdoor-cleanse", lambda params: params.data.dataset))
 def backdoor_cleanse(params_path: str = str(PARAMS_FILE), register_models: bool = True) -> dict[str, Any]:
     """Poison, train and prune the Trojan models, cleanse each, report; register the best cleanse.
 

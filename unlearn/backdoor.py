@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unlearn.data import TensorSet
+from unlearn.data import TensorSet, as_float
 from unlearn.errors import ConfigError
 from unlearn.masks import Masks
 from unlearn.methods import default_config, run_method
@@ -69,6 +69,23 @@ BACKDOOR_DEFAULTS: dict[str, dict] = {
 def default_backdoor_config(preset: str = "cifar10", **overrides) -> BackdoorConfig:
     """The attack for a preset (`BACKDOOR_DEFAULTS`), then `overrides`."""
     return replace(BackdoorConfig(), **{**BACKDOOR_DEFAULTS.get(preset, {}), **overrides})
+
+
+def fitted_backdoor_config(train_set: TensorSet, **overrides) -> BackdoorConfig:
+    """The paper's attack fitted to a data set's own images (the user's data set), then `overrides`.
+
+    The paper's 4 px patch 2 px from the border of 32 px images is scaled to the images' shorter
+    side, at least 2 px and 1 px from the border (8 px images get digits' trigger), and sits in the
+    bottom-right corner of non-square images too. Its value is white where the training images
+    are dark at that corner on average (below half the scale), black otherwise, so it stands out.
+    Any size, grey or colour: the patch covers every channel.
+    """
+    height, width = (int(side) for side in train_set.inputs.shape[-2:])
+    scale = min(height, width) / 32
+    base = BackdoorConfig(trigger_size=max(2, round(4 * scale)), border=max(1, round(2 * scale)))
+    rows, cols = trigger_region(height, width, base)
+    corner = float(as_float(train_set.inputs[..., rows, cols]).mean()) if len(train_set) else 0.0
+    return replace(base, patch_value=1.0 if corner < 0.5 else 0.0, **overrides)
 
 
 # Unlearning settings that differ for a cleanse from the methods' class-wise-tuned preset defaults.

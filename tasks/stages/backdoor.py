@@ -32,6 +32,7 @@ from unlearn.backdoor import (
     cleanse,
     cleanse_config,
     default_backdoor_config,
+    fitted_backdoor_config,
     poison,
 )
 from unlearn.data import DataBundle
@@ -77,21 +78,27 @@ def metrics_path(method: str, sparsity: float) -> Path:
 # --- the attack ----------------------------------------------------------------------------
 
 
-def attack_config(params: Params) -> BackdoorConfig:
-    """The preset's attack (`unlearn.backdoor.BACKDOOR_DEFAULTS`) with params.yaml's overrides."""
+def attack_config(params: Params, data: DataBundle | None = None) -> BackdoorConfig:
+    """The attack, with params.yaml's overrides: the preset's (`unlearn.backdoor.BACKDOOR_DEFAULTS`),
+    or on the user's own data set (`data.source` npz or images) one fitted to its images
+    (`unlearn.backdoor.fitted_backdoor_config`: trigger size and place from the image size, its
+    value from the images' brightness). `data` is the prepared data set (read when None and needed).
+    """
     group = params.backdoor
     overrides = {
         name: getattr(group, name)
         for name in ("trigger_size", "patch_value", "poison_ratio", "target_class")
         if getattr(group, name) is not None
     }
+    if params.data.source != "preset":
+        return fitted_backdoor_config((data or bundle()).train, seed=group.seed, **overrides)
     return default_backdoor_config(params.data.preset, seed=group.seed, **overrides)
 
 
 def poisoned_data(params: Params) -> tuple[DataBundle, Poisoned]:
     """The prepared data set and its poisoned training set (seeded: the same in every stage)."""
     data = bundle()
-    attack = attack_config(params)
+    attack = attack_config(params, data)
     if attack.target_class >= data.num_classes:
         raise ConfigError(f"backdoor.target_class {attack.target_class} is not a class of {data.name}")
     return data, poison(data.train, attack)
@@ -206,7 +213,7 @@ def cleanse_trojan_at(params: Params, method: str, sparsity: float) -> Path:
     tags = {"method": method, "sparsity": sparsity, "application": "backdoor"}
     with tracked(params, "unlearn", name, config, **tags) as tracker:
         result = cleanse(trojan, poisoned, data.test, method, chosen, masks=checkpoint.masks, config=config)
-        row = cleanse_row(method, sparsity, result, len(poisoned.poisoned_indices))
+        row = cleanse_row(method, sparsity, result, poisoned)
         log_attack(tracker, poisoned)
         if result.unlearned.history:
             tracker.log_history(result.unlearned.history)
@@ -222,8 +229,8 @@ def cleanse_trojan_at(params: Params, method: str, sparsity: float) -> Path:
     return path
 
 
-def cleanse_row(method: str, sparsity: float, result, poisoned_count: int) -> dict:
-    """One metrics file: SA and ASR (percent) of the Trojan model and of the cleansed one."""
+def cleanse_row(method: str, sparsity: float, result, poisoned: Poisoned) -> dict:
+    """One metrics file: SA and ASR (percent) of the Trojan model and of the cleansed one, and the attack."""
     return {
         "method": method,
         "sparsity": float(sparsity),
@@ -234,7 +241,8 @@ def cleanse_row(method: str, sparsity: float, result, poisoned_count: int) -> di
         "SA_drop": result.before.standard_accuracy - result.after.standard_accuracy,
         "ASR_drop": result.before.attack_success_rate - result.after.attack_success_rate,
         "RTE_seconds": float(result.unlearned.seconds),
-        "poisoned_count": poisoned_count,
+        "poisoned_count": len(poisoned.poisoned_indices),
+        "attack": asdict(poisoned.config),
     }
 
 
@@ -289,9 +297,10 @@ def figure(rows: Rows, path: Path) -> Path:
 
 
 def render(params: Params, rows: Rows, figure_path: Path | None = None) -> str:
-    """reports/backdoor.md: the attack, the table and the figure."""
-    attack = attack_config(params)
-    count = next(iter(rows.values()))[0]["poisoned_count"]
+    """reports/backdoor.md: the attack (as the cleanses recorded it), the table and the figure."""
+    first = next(iter(rows.values()))[0]
+    attack = BackdoorConfig(**first["attack"]) if "attack" in first else attack_config(params)
+    count = first["poisoned_count"]
     text = (
         "# Trojan-model cleanse\n\n"
         f"BadNets attack: {count} training images ({attack.poison_ratio:.0%}, seed {attack.seed}) carry a "

@@ -16,7 +16,7 @@ from tasks.production import deletion
 from tasks.stages.prepare import prepare
 from unlearn.checkpoint import model_metadata
 from unlearn.data import DataBundle, load_source, source_name
-from unlearn.errors import DatasetNotFoundError, DatasetTooLargeError, DataSourceError
+from unlearn.errors import ConfigError, DatasetNotFoundError, DatasetTooLargeError, DataSourceError
 
 CLASSES = ("ant", "bee", "cat")
 PER_CLASS = 10
@@ -196,3 +196,77 @@ def test_prepare_from_an_npz_leaves_purged_samples_out(tmp_path, monkeypatch):
     again = DataBundle.load(prepare(params))
     assert len(again.train) == 30 and not purged & set(again.train.ids)
     assert again.test.ids == bundle.test.ids
+
+
+def test_within_transfer_splits_an_own_data_sets_classes_in_two():
+    from unlearn.transfer import TRANSFER_PRESETS, split_classes
+
+    within = TRANSFER_PRESETS["within"]
+    assert split_classes(10) == (within.source_classes, within.target_classes, within.forget_classes)
+    assert split_classes(3) == ((0, 1), (2,), (0,))
+    assert split_classes(4) == ((0, 1), (2, 3), (0,))
+    source, target, forget = split_classes(101)
+    assert (len(source), len(target), len(forget)) == (51, 50, 20) and not set(source) & set(target)
+    with pytest.raises(ConfigError, match="at least 3 classes.*found 2"):
+        split_classes(2)
+
+
+def test_the_transfer_stage_takes_an_own_data_sets_classes_unless_params_set_them(tmp_path):
+    from tasks.stages import transfer
+
+    own = Params.model_validate({"data": {"source": "npz", "path": str(tmp_path / "mine.npz")}})
+    assert transfer.task_classes(own, 4) == {"source_classes": (0, 1), "target_classes": (2, 3), "forget_classes": (0,)}
+    assert transfer.transfer_config(own, transfer.task_classes(own, 4)).forget_classes == (0,)
+    assert transfer.prepared_source(own) == ("npz", str(tmp_path / "mine.npz"))
+    assert transfer.data_sources(own) == (None, None)
+    chosen = Params.model_validate({**own.model_dump(include={"data"}), "transfer": {"forget_classes": [1]}})
+    assert transfer.task_classes(chosen, 4)["forget_classes"] == (1,)
+    with pytest.raises(ConfigError, match="transfer on mine: .*at least 3 classes"):
+        transfer.task_classes(own, 2)
+    preset = Params()  # digits keeps the preset's classes whatever the count
+    assert transfer.task_classes(preset, 10) == {"source_classes": (0, 1, 2, 3, 4), "target_classes": (5, 6, 7, 8, 9),
+                                                 "forget_classes": (0, 1)}  # fmt: skip
+
+
+def test_the_backdoor_trigger_fits_an_own_data_sets_images():
+    import torch
+
+    from unlearn.backdoor import default_backdoor_config, fitted_backdoor_config, trigger_region
+    from unlearn.data import TensorSet
+
+    def images(shape, value: int) -> TensorSet:
+        return TensorSet(torch.full((4, *shape), value, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                         tuple(f"i{n}" for n in range(4)))  # fmt: skip
+
+    digits = default_backdoor_config("digits")
+    small = fitted_backdoor_config(images((1, 8, 8), 0))  # dark 8 px images: digits' white 2 px trigger
+    assert (small.trigger_size, small.border, small.patch_value) == (digits.trigger_size, digits.border, 1.0)
+    cifar = fitted_backdoor_config(images((3, 32, 32), 200))  # bright colour images: the paper's black 4 px
+    assert (cifar.trigger_size, cifar.border, cifar.patch_value) == (4, 2, 0.0)
+    tall = fitted_backdoor_config(images((1, 40, 14), 10), poison_ratio=0.2)  # non-square: the shorter side
+    assert (tall.trigger_size, tall.border, tall.poison_ratio) == (2, 1, 0.2)
+    assert trigger_region(40, 14, tall) == (slice(37, 39), slice(11, 13))  # the bottom-right corner
+    with pytest.raises(ConfigError, match="does not fit in 2x9 images"):
+        fitted_backdoor_config(images((1, 2, 9), 0))
+
+
+def test_prepare_warns_when_dvc_cannot_watch_the_data(folder, tmp_path, monkeypatch, caplog):
+    from tasks.stages.prepare import watched
+
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / layout.OWN_DATA / "shapes"
+    inside.parent.mkdir(parents=True)
+    folder.rename(inside)
+    assert watched("data/own/shapes") and watched(inside) and not watched(tmp_path / "elsewhere")
+    assert not watched("data/owner/shapes") and not watched("data/raw")
+    with caplog.at_level("WARNING", logger="tasks.stages.prepare"):
+        prepare(load_params(write_params(tmp_path, {"source": "images", "path": "data/own/shapes"})))
+    assert not caplog.records
+    outside = tmp_path / "elsewhere"
+    inside.rename(outside)
+    with caplog.at_level("WARNING", logger="tasks.stages.prepare"):
+        prepare(load_params(write_params(tmp_path, {"source": "images", "path": str(outside)})))
+    assert [record.getMessage() for record in caplog.records] == [
+        f"data.path {outside} is outside data/own/: dvc repro does not see its files change (move it there, or run "
+        "`dvc repro --force prepare` after changing them)"
+    ]
