@@ -364,6 +364,9 @@ def main(
     ] = False,
 ) -> None:
     """Make trained image classifiers forget data on request, verifiably."""
+    from tasks.stages import wait_policy_before_torch
+
+    wait_policy_before_torch(sys.argv[1:])  # params.yaml's compute.wait_policy, before a command loads torch
     handler, restore = configure_output(verbose, debug)
     ctx.meta.update({DEBUG_KEY: debug, HANDLER_KEY: handler})
     ctx.call_on_close(restore)

@@ -207,6 +207,7 @@ def unit(args: argparse.Namespace) -> None:
                 for name, (threads, wait_policy) in UNIT_POLICIES.items():
                     value, chose[name, condition] = unit_run(threads, wait_policy, args.epochs)
                     seconds.setdefault((name, condition), []).append(value)
+                    print(f"  {name:34} {value:6.2f} s  {chose[name, condition]}", flush=True)
             finally:
                 if condition == "loaded":
                     competitor.__exit__(None, None, None)

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows.deployments import capture_project_logs, rename_flow_run
+from flows.deployments import capture_project_logs, rename_flow_run, thread_policy
 from flows.stages import GPU_TAG
 from flows.study import RunnerName, default_gpu_slots, ensure_gpu_limit, make_task_runner, raise_first_failure
 from tasks.adapters.ledger import Ledger
@@ -30,7 +30,11 @@ capture_project_logs()
 _STEP = {"cache_policy": NO_CACHE, "retries": 0}
 plan_task = task(audit.plan_pool, name="plan-pool", **_STEP)
 reference_task = task(
-    audit.train_reference, name="train-reference", task_run_name="reference-{index}", tags=[GPU_TAG], **_STEP
+    thread_policy(audit.train_reference),
+    name="train-reference",
+    task_run_name="reference-{index}",
+    tags=[GPU_TAG],
+    **_STEP,
 )
 save_task = task(audit.save_built_pool, name="save-pool", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 

@@ -30,7 +30,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from flows.deployments import capture_project_logs, rename_flow_run, utc_stamp
+from flows.deployments import capture_project_logs, rename_flow_run, thread_policy, utc_stamp
 from tasks.adapters import registry, tracking
 from tasks.adapters.batch_lock import BatchLockedError, batch_lock, prefect_server_configured
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
@@ -104,21 +104,25 @@ def existing_candidate(params: Params, batch):
 
 
 @task(name="unlearn-champion", tags=["gpu"], **LOCAL)
+@thread_policy
 def unlearn_champion(params: Params, batch, ledger, split):
     return deletion.unlearn_champion(params, batch, ledger, split)
 
 
 @task(name="evaluate-candidate", tags=["gpu"], **LOCAL)
+@thread_policy
 def evaluate_candidate(params: Params, split, candidate):
     return deletion.evaluate_candidate(params, split, candidate)
 
 
 @task(name="audit-candidate", tags=["gpu"], **NETWORK_RETRIES)
+@thread_policy
 def audit_candidate(params: Params, batch, ledger, split, candidate):
     return deletion.audit_batch(params, batch, ledger, split, candidate)
 
 
 @task(name="retrain-reference", tags=["gpu"], **LOCAL)
+@thread_policy
 def retrain_reference(params: Params, split, candidate):
     return deletion.retrain_reference(params, split, candidate)
 

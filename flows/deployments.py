@@ -7,22 +7,28 @@ rest is shared by the flows however they start (`unlearn batch` on Prefect's loc
 - `capture_project_logs`: the project's own log lines (loggers `tasks`, `flows`, `unlearn`) go
   to the flow run's logs in the Prefect UI, not only to the console;
 - `enter_project_dir`: prefect.yaml's pull step, into the folder `UNLEARN_PROJECT_DIR` names;
-- `rename_flow_run` and `named_by_params`: run names that say what a run is about.
+- `rename_flow_run` and `named_by_params`: run names that say what a run is about;
+- `thread_policy`: a task body that first takes params.yaml's `compute` (torch's threads, OpenMP's wait).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import serve
 from prefect.flows import EntrypointType
 
 from tasks.adapters.params import PARAMS_FILE, Params, load_params
 from unlearn.errors import ConfigError
+from unlearn.threads import configure_threads
 
 DEPLOYMENT = "deletion-batch"
 AUDIT_POOL_DEPLOYMENT = "audit-pool"
@@ -176,3 +182,45 @@ def rename_flow_run(name: str) -> None:
         return
     get_run_logger().info("renamed flow run %r to %r", context.flow_run.name, name)
     context.flow_run.name = name
+
+
+_RUNNING = {"count": 0, "lock": threading.Lock()}  # `thread_policy` task bodies running in this process now
+
+
+@contextmanager
+def _one_more_task() -> Iterator[int]:
+    """Count one more task body while in the block; yields how many run now, this one included."""
+    with _RUNNING["lock"]:
+        _RUNNING["count"] += 1
+        jobs = _RUNNING["count"]
+    try:
+        yield jobs
+    finally:
+        with _RUNNING["lock"]:
+            _RUNNING["count"] -= 1
+
+
+def thread_policy(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function`, first applying `compute` (`unlearn.threads.configure_threads`) in the thread it runs in.
+
+    torch's thread count is OpenMP's, kept per thread: a task runner's threads do not see what the
+    flow's own thread set, so each task sets it where it runs, sharing the free cores with the
+    tasks running beside it in this process (a Dask worker: OMP_NUM_THREADS=1, so one thread).
+    The params are the task's first `Params` argument, else params.yaml's (its defaults where
+    there is none).
+    """
+
+    def configured(*args: Any, **kwargs: Any) -> Any:
+        params = next((value for value in (*args, *kwargs.values()) if isinstance(value, Params)), None)
+        if params is None:
+            params = load_params() if Path(PARAMS_FILE).is_file() else Params()
+        with _one_more_task() as jobs:
+            choice = configure_threads(params.compute.threads, params.compute.wait_policy, jobs)
+            logging.getLogger(__name__).info(choice.line())
+            return function(*args, **kwargs)
+
+    # The function's name, doc and signature (`__wrapped__`), for Prefect's parameters and run names; its
+    # own module and qualified name, so Dask's workers get it by value, not as the function it wraps.
+    functools.update_wrapper(configured, function, assigned=("__name__", "__doc__"))
+    configured.__qualname__ = f"thread_policy.<locals>.{function.__qualname__}"
+    return configured

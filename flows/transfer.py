@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.deployments import thread_policy
 from flows.stages import GPU_TAG, prepare_task
 from flows.study import raise_first_failure
 from tasks.adapters.params import PARAMS_FILE, load_params
@@ -21,8 +22,8 @@ from tasks.stages import transfer as transfer_stage
 
 REPORT_ARTIFACT = "transfer-report"
 
-transfer_task = task(transfer_stage.run_transfer, name="transfer", task_run_name="transfer", tags=[GPU_TAG],
-                     cache_policy=NO_CACHE, retries=0)  # fmt: skip
+transfer_task = task(thread_policy(transfer_stage.run_transfer), name="transfer", task_run_name="transfer",
+                     tags=[GPU_TAG], cache_policy=NO_CACHE, retries=0)  # fmt: skip
 
 
 @flow(name="transfer", flow_run_name="transfer-{params_path}")

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import wait
 
-from flows.deployments import capture_project_logs
+from flows.deployments import capture_project_logs, thread_policy
 from flows.study import LOCAL_CLUSTER, RunnerName, make_task_runner
 from tasks.adapters.params import PARAMS_FILE, load_params
 from tasks.production.tune import DEFAULT_FOLDS, DEFAULT_STORAGE, comparison_table, retrain_reference, run_trial, tune
@@ -33,8 +33,8 @@ capture_project_logs()
 TUNE_ARTIFACT = "tune-report"
 _TASK = {"cache_policy": NO_CACHE, "retries": 0}  # a trial's failure is not transient
 
-reference_task = task(retrain_reference, name="tune-reference", task_run_name="tune-reference", **_TASK)
-trial_task = task(run_trial, name="tune-trial", task_run_name="trial-{values}", **_TASK)
+reference_task = task(thread_policy(retrain_reference), name="tune-reference", task_run_name="tune-reference", **_TASK)
+trial_task = task(thread_policy(run_trial), name="tune-trial", task_run_name="trial-{values}", **_TASK)
 _TASKS = {retrain_reference: reference_task, run_trial: trial_task}
 
 

@@ -5,11 +5,12 @@ each kernel's end, so on a machine that is not idle a team wider than the free c
 cores it shares: two 2-thread processes on 2 cores slow each other down 10x or more, and one
 2-thread process beside one busy process loses most of its speed. So each process picks:
 
-- threads: `auto` is the cores it may run on (`os.sched_getaffinity`) less the cores other work
-  keeps busy right now (sampled from /proc/stat over a fifth of a second; the 1-minute load average
-  where that is missing), shared among the `jobs` compute tasks this process or its flow runs at
-  once, at least 1. A core counts as free when at least three quarters of it is idle. A number
-  is used as given.
+- threads: `auto` is the cores it may run on (`os.sched_getaffinity`) less the cores other
+  processes keep busy right now (sampled from /proc/stat over a fifth of a second; the 1-minute
+  load average where that is missing), shared among the `jobs` compute tasks this process runs at
+  once (a flow's tasks in the threads of its task runner), at least 1. A core counts as free when
+  at least three quarters of it is idle. A number is used as given; OMP_NUM_THREADS, when the
+  environment sets it, is taken for `auto`.
 - wait: `passive` makes idle OpenMP threads sleep at once (OMP_WAIT_POLICY=PASSIVE); `active`
   makes them spin; `auto` leaves the runtime's default (libgomp spins briefly, then sleeps).
 
@@ -72,10 +73,11 @@ def usable_cores() -> int:
 
 
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
-    """Cores other processes keep busy now: /proc/stat over `seconds` while this one sleeps.
+    """Cores other processes keep busy now: /proc/stat over `seconds`, less this process's own use.
 
-    Where /proc/stat is missing, the 1-minute load average (which also counts this process's
-    own recent work, so it errs towards fewer threads).
+    This process's other threads (a flow's other tasks) are not counted: they are `jobs`. Where
+    /proc/stat is missing, the 1-minute load average (which also counts this process's own recent
+    work, so it errs towards fewer threads).
     """
 
     def sample() -> tuple[int, int]:
@@ -85,13 +87,13 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
         return sum(values) - idle, sum(values)
 
     try:
-        busy_before, total_before = sample()
+        (busy_before, total_before), own_before, started = sample(), time.process_time(), time.perf_counter()
         time.sleep(seconds)
-        busy_after, total_after = sample()
+        (busy_after, total_after), own, wall = sample(), time.process_time() - own_before, time.perf_counter() - started
     except (OSError, ValueError, IndexError):
         return float(os.getloadavg()[0])
     share = (busy_after - busy_before) / max(1, total_after - total_before)
-    return share * (os.cpu_count() or 1)
+    return max(0.0, share * (os.cpu_count() or 1) - own / wall)
 
 
 def parse_threads(value: object, key: str | None = "compute.threads") -> int | str:

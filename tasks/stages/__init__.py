@@ -2,18 +2,20 @@
 
 OpenMP reads its wait policy once, when torch loads it, and every stage module imports torch: so
 when this package is imported before torch (a stage process), it puts params.yaml's
-`compute.wait_policy` into the environment first. `stage_main` then checks the params and sets
-the threads (`unlearn.threads`).
+`compute.wait_policy` into the environment first (the CLI calls the same function). `stage_main`
+then checks the params and sets the threads (`unlearn.threads`).
 """
 
 import sys
 
 
-def _wait_policy_before_torch(argv: list[str]) -> None:
-    """OMP_WAIT_POLICY from the `--params` file's (default params.yaml) `compute.wait_policy`.
+def wait_policy_before_torch(argv: list[str]) -> None:
+    """OMP_WAIT_POLICY from the `--params` file's (default params.yaml) `compute.wait_policy`, if torch is not loaded.
 
     A missing or bad file or value is left alone here: the stage's params check names it.
     """
+    if "torch" in sys.modules:  # too late for this process; its children get `configure_threads`'s
+        return
     import os
 
     import yaml
@@ -37,5 +39,4 @@ def _wait_policy_before_torch(argv: list[str]) -> None:
             os.environ[name] = value
 
 
-if "torch" not in sys.modules:
-    _wait_policy_before_torch(sys.argv[1:])
+wait_policy_before_torch(sys.argv[1:])

@@ -154,3 +154,61 @@ def test_a_stage_process_starts_openmp_with_the_params_wait_policy(tmp_path, pol
         assert float(idle_cpu) < 0.02, f"an idle passive thread used {idle_cpu} s of CPU in 1 s"
     else:  # a spinning thread burns CPU while the process sleeps (even when sharing its core)
         assert float(idle_cpu) > 0.05, f"an idle active thread used only {idle_cpu} s of CPU in 1 s"
+
+
+@pytest.mark.parametrize(
+    ("argv", "compute", "expected"),
+    [
+        (["--params", "other.yaml"], {"wait_policy": "active"}, "ACTIVE"),
+        (["study", "--params=other.yaml"], {"wait_policy": "auto"}, "unset"),  # the runtime's default
+        (["--params", "other.yaml"], {}, "PASSIVE"),  # the default
+        (["--params", "other.yaml"], {"wait_policy": "lazy"}, "SPIN"),  # left alone: the params check names it
+        (["--params", "missing.yaml"], {}, "SPIN"),
+    ],
+)
+def test_the_stages_and_the_cli_read_the_wait_policy_from_the_params_they_are_given(tmp_path, argv, compute, expected):
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"compute": compute}))
+    words = child(  # no params.yaml in the folder: importing the package (with argv ['-c']) leaves SPIN alone
+        f"import os, sys; from tasks.stages import wait_policy_before_torch; wait_policy_before_torch({argv!r})\n"
+        "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), 'torch' in sys.modules)",
+        cwd=tmp_path,
+        OMP_WAIT_POLICY="SPIN",
+    )
+    assert words == [expected, "False"]
+
+
+def test_flow_tasks_share_the_free_cores_among_the_tasks_running_at_once(monkeypatch):
+    """flows.deployments.thread_policy: each task sets torch's threads in its own thread (OpenMP's count is per
+    thread), sharing the free cores with the tasks running beside it in the process."""
+    import threading
+
+    import torch
+
+    import unlearn.threads
+    from flows.deployments import thread_policy
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # restored after the test: configure_threads writes it
+    monkeypatch.setattr(unlearn.threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(unlearn.threads, "busy_cores", lambda: 0.0)  # an idle machine of two cores
+    params = parse_params({})
+    both_running = threading.Barrier(2, timeout=30)
+    seen: dict[str, int] = {}
+
+    @thread_policy
+    def task_body(params, name: str, wait: bool) -> None:
+        seen[f"{name} chose"] = torch.get_num_threads()
+        if wait:
+            both_running.wait()  # hold until the other task has started too
+
+    alone = threading.Thread(target=task_body, args=(params, "alone", False))
+    alone.start()
+    alone.join()
+    pair = [threading.Thread(target=task_body, args=(params, name, True)) for name in ("first", "second")]
+    for thread in pair:
+        thread.start()
+    for thread in pair:
+        thread.join()
+    assert seen["alone chose"] == 2  # both cores
+    assert sorted([seen["first chose"], seen["second chose"]]) == [1, 2]  # the second shares with the first
+    assert torch.get_num_threads() == 1  # the test's own thread kept its setting (tests/conftest.py)
