@@ -37,6 +37,17 @@ def shrunk_params() -> dict:
     return params
 
 
+def synthetic_npz(path: Path, classes: int = 5, per_class: int = 60, seed: int = 0) -> Path:
+    """An own data set as an npz: grey 8x8 images, each class a random binary pattern plus seeded noise, in [0, 1]."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.random((classes, 8, 8)) > 0.6
+    x = np.clip(np.repeat(patterns, per_class, axis=0) * 0.8 + rng.normal(0, 0.35, (classes * per_class, 8, 8)), 0, 1)
+    np.savez(path, x=x.astype(np.float32)[:, None], y=np.repeat(np.arange(classes), per_class))
+    return path
+
+
 def submit(params_path: str, request_id: str, sample_ids: list[str]) -> None:
     """Write a request into the inbox of the params file at `params_path`."""
     inbox = open_inbox(yaml.safe_load(Path(params_path).read_text())["deletion"]["inbox"])

@@ -368,3 +368,21 @@ def test_digits_defaults_forget_class_zero(digits, digits_original, cpu, method,
     result = run_method(method, digits_original, retain_set, forget_set, cpu, config=default_config(method, "digits"))
     assert 100 - accuracy(result.model, forget_set, cpu) >= min_ua
     assert accuracy(result.model, retain_set, cpu) >= min_ra
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("method", ["iu", "ff"])
+def test_cuda_gives_the_cpu_result(small_case, cpu, method):
+    # the same code on both devices: hooks, unfolded inputs, channels_last weights on CUDA,
+    # FF's noise drawn on the CPU; masked weights stay zero on the GPU too
+    model, retain_set, forget_set, masks = small_case
+    config = default_config(method, "digits", **_FAST[method])
+    on_cpu = run_method(method, model, retain_set, forget_set, cpu, masks=masks, config=config)
+    on_gpu = run_method(method, model, retain_set, forget_set, torch.device("cuda"), masks=masks, config=config)
+    for (name, a), b in zip(on_cpu.model.named_parameters(), on_gpu.model.parameters(), strict=True):
+        torch.testing.assert_close(
+            b.detach().cpu(), a.detach(), rtol=1e-2, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
+        if name in masks:
+            assert b[masks[name].to(b.device) == 0].abs().max() == 0

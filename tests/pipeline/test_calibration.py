@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
-from projects import enter_project
+from projects import enter_project, synthetic_npz
 
 from tasks.adapters import registry
 from tasks.adapters.params import load_params, parse_params
@@ -29,17 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BAD_START = {"lr": 1e-4, "epochs": 1}
 
 
-def write_npz(path: Path, classes: int = 5, per_class: int = 60, seed: int = 0) -> Path:
-    """Grey 8x8 images: each class a random binary pattern, plus seeded noise, in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    patterns = rng.random((classes, 8, 8)) > 0.6
-    x = np.clip(np.repeat(patterns, per_class, axis=0) * 0.8 + rng.normal(0, 0.35, (classes * per_class, 8, 8)), 0, 1)
-    np.savez(path, x=x.astype(np.float32)[:, None], y=np.repeat(np.arange(classes), per_class))
-    return path
-
-
 def test_calibration_beats_a_bad_start_on_every_seed(tmp_path):
-    path = write_npz(tmp_path / "synth.npz")
+    path = synthetic_npz(tmp_path / "synth.npz")
     params = parse_params({
         "data": {"source": "npz", "path": str(path), "name": "synth"},
         "deletion": {"method": "rl", "sparsity": 0.0},
@@ -70,7 +60,7 @@ def test_calibration_beats_a_bad_start_on_every_seed(tmp_path):
 
 def test_a_spent_budget_stops_the_search(tmp_path):
     """max_retrains just above the references: the starting values run, little else."""
-    path = write_npz(tmp_path / "tiny.npz", classes=4, per_class=30)
+    path = synthetic_npz(tmp_path / "tiny.npz", classes=4, per_class=30)
     params = parse_params({
         "data": {"source": "npz", "path": str(path)},
         "deletion": {"method": "ga", "sparsity": 0.0},
@@ -150,7 +140,7 @@ def test_the_champion_records_its_calibration_and_a_batch_unlearns_with_it(tmp_p
     from tasks.production.promotion import review
 
     folder = enter_project(tmp_path / "project", monkeypatch)
-    write_npz(folder / "synth.npz")
+    synthetic_npz(folder / "synth.npz")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source="npz", path="synth.npz")
     params["train"].update(seeds=[0], epochs=4)

@@ -70,8 +70,8 @@ class Config:
             "batch_mean" (the official code's).
         num_samples: retain samples the Fisher is estimated on (None: all of Dr).
         batch_size: the "batch_mean" estimator's batch (the official 32).
-        per_sample_batch_size: samples per vectorised Jacobian pass; memory is about
-            per_sample_batch_size x classes x parameters floats.
+        per_sample_batch_size: samples per pass; "batch_mean" forms per_sample_batch_size x
+            classes x parameters floats, the others a layer's outputs x classes at a time.
         classwise_head_reset: zero the forgotten classes' head rows (the official hack).
         forget_classes: classes the reset acts on; () takes the classes of Df absent from Dr.
         seed: seeds the Fisher subsample and the noise.

@@ -9,8 +9,11 @@ with G_f, G_r the sums of per-sample cross-entropy gradients over Df and Dr (mod
 eval mode) and F the WoodFisher approximation of the Hessian: the damped empirical Fisher
 of m retain samples, F = damping * I + (1/m) sum_j g_j g_j^T.
 
-F^{-1} v is exact here: per-sample gradients come from `torch.func` in batches, and the
-Woodbury identity reduces the inverse to an m x m solve (`curvature.inverse_fisher_product`).
+F^{-1} v is exact here: per-sample gradients come layer by layer in batches (one forward and
+one backward pass per `per_sample_batch_size` samples, `curvature.per_sample_loss_gradients`),
+and the Woodbury identity reduces the inverse to an m x m system
+(`curvature.inverse_fisher_product`), solved by conjugate gradients where m is large (a few
+O(m d) steps: the damping keeps it well conditioned) and directly otherwise.
 
 Differences from the official `Wfisher.py`, on purpose:
 - The official rank-1 recursion keeps one vector o that starts as g_0 and is only ever
@@ -60,7 +63,7 @@ class Config:
         num_fisher_samples: m, retain samples whose gradients make the empirical Fisher.
         damping: lambda in F = lambda I + G^T G / m.
         batch_size: batch for the summed gradients G_f and G_r.
-        per_sample_batch_size: samples per vectorised per-sample-gradient pass (memory).
+        per_sample_batch_size: samples per per-sample-gradient pass (memory).
         gradient_memory_mb: most memory the m x d gradient matrix may take at once; above
             it, G is handled in row blocks that are recomputed (same result, more time).
         seed: seeds the draw of the Fisher samples.
