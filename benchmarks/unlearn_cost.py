@@ -17,7 +17,8 @@ forget no class: see UA).
 --equal-samples instead times FF and IU against the official algorithms, written here as plain
 loops (`official_ff`, `official_iu`), on all of Dr (equal samples), on a small CNN and on the
 preset's model, in interleaved rounds: "x official" is the median of each round's ours/official
-(target: at most 0.5), and "gap" is the average gap to that model's Retrain (UA, MIA, RA, TA),
+(target: at most 0.5), "CPU s" and its "x" the same in this process's CPU time (steadier than
+wall time on a shared machine), and "gap" is the average gap to that model's Retrain (UA, MIA, RA, TA),
 so speed is never bought with quality. "sampled" is FF's one-label-per-sample estimator;
 rows "defaults" run ours on digits' subsample.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from dataclasses import replace
 
 import torch
@@ -177,6 +179,11 @@ def fit_model(model: nn.Module, bundle, preset, device) -> nn.Module:
     return model.eval()
 
 
+def _paired(mine: list[float], theirs: list[float]) -> float:
+    """The median over rounds of mine / theirs."""
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+
 def equal_samples(args, preset, bundle, device) -> None:
     """Official FF and IU against ours on all of Dr, and each one's gap to Retrain."""
     split = class_wise(bundle, args.classes)
@@ -208,22 +215,24 @@ def equal_samples(args, preset, bundle, device) -> None:
         f"median of {args.repeats} interleaved rounds"
     )
     print(
-        f"{'model':14} {'routine':18} {'samples':>7} {'seconds':>8} {'x official':>10} {'gap':>6} {'UA':>6} {'RA':>6}"
+        f"{'model':14} {'routine':18} {'samples':>7} {'seconds':>8} {'x official':>10} "
+        f"{'CPU s':>6} {'x':>6} {'gap':>6} {'UA':>6} {'RA':>6}"
     )
     for label, model in models.items():
-        seconds, results = {name: [] for name in cases}, {}
+        seconds, cpu, results = {name: [] for name in cases}, {name: [] for name in cases}, {}
         for _ in range(args.repeats):
             for name, case in cases.items():
+                started = time.process_time()
                 results[name] = case(model)
+                cpu[name].append(time.process_time() - started)
                 seconds[name].append(results[name].seconds)
         reference = evaluate(results["retrain"].model, retain, forget, test, device)
         for name in cases:
             evaluation = evaluate(results[name].model, retain, forget, test, device)
-            ratio = ""
+            ratio = cpu_ratio = ""
             if name in pairs:  # paired per round, so drift of a shared machine cancels
-                ratio = (
-                    f"{statistics.median(a / b for a, b in zip(seconds[name], seconds[pairs[name]], strict=True)):.2f}"
-                )
+                ratio = f"{_paired(seconds[name], seconds[pairs[name]]):.2f}"
+                cpu_ratio = f"{_paired(cpu[name], cpu[pairs[name]]):.2f}"
             samples = {
                 "FF ours, defaults": ff.PRESET_DEFAULTS["digits"]["num_samples"],
                 "IU ours, defaults": iu.PRESET_DEFAULTS["digits"]["num_fisher_samples"],
@@ -231,6 +240,7 @@ def equal_samples(args, preset, bundle, device) -> None:
             gap = gap_to_retrain(evaluation, reference) if name != "retrain" else 0.0
             print(
                 f"{label:14} {name:18} {samples:7d} {statistics.median(seconds[name]):8.3f} {ratio:>10} "
+                f"{statistics.median(cpu[name]):6.2f} {cpu_ratio:>6} "
                 f"{gap:6.2f} {evaluation.ua:6.1f} {evaluation.ra:6.1f}"
             )
         print(f"after the rounds: {describe(device)}")
