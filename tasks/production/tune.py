@@ -914,7 +914,8 @@ def calibrate(
         search(study, problem, group.trials, max_cost_share=group.max_cost_share, execute=execute,
                exhausted=exhausted)  # fmt: skip
         best, start = best_trial(study), defaults_trial(study)
-        record = _record(best) or {"values": {}, "reason": "no trial within calibrate.max_cost_share"}
+        why = "no trial within calibrate.max_cost_share" if finished(study) else "calibrate.max_retrains spent first"
+        record = _record(best) or {"values": {}, "reason": why}
         found[method] = {**record, "trials": len(finished(study)), "start": _record(start)}
         log.info("calibrated %s on %s: %s (start %s)", method, params.data.dataset, record.get("seed_gaps"),
                  (found[method]["start"] or {}).get("seed_gaps"))  # fmt: skip
