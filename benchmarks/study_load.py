@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import cpu_busy_share
 
 from tasks.adapters.layout import PARAMS_FILE
 
@@ -55,6 +54,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def load_line() -> str:
     """The machine's load right now (benchmarks/machine.py's measure, over one second)."""
+    from machine import cpu_busy_share  # imports torch: never before a unit child has set its wait policy
+
     cores, busy = os.cpu_count() or 1, cpu_busy_share()
     average = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     share = "n/a" if busy is None else f"{busy:.0%} busy ({busy * cores:.1f} of {cores} cores)"
