@@ -97,7 +97,10 @@ def read_metrics(folder: Path, method: str) -> dict:
 
 
 def without_timings(results: dict) -> dict:
-    return {tag: {k: v for k, v in row.items() if not k.startswith("RTE")} for tag, row in results.items()}
+    """The results without wall times (RTE), at the top level of each sparsity and in its per-seed block."""
+    if not isinstance(results, dict):
+        return results
+    return {key: without_timings(value) for key, value in results.items() if not key.startswith("RTE")}
 
 
 def test_study_writes_metrics_report_and_artifact(thread_run):

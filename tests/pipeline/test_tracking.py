@@ -460,7 +460,7 @@ def deletion_flow(monkeypatch, digits):
     for step, stand_in in {
         "existing_candidate": lambda params, batch: None,
         "unlearn_champion": lambda params, batch, ledger, split: SimpleNamespace(
-            method="ft", parent_version="1", batches=("batch-house",)
+            method="ft", parent_version="1", batches=("batch-house",), config={"lr": 0.01, "epochs": 1}
         ),
         "log_evidence": lambda tracker, batch: None,
         "evaluate_candidate": lambda params, split, candidate: {"UA": 99.0, "TA": 95.0},
