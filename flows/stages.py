@@ -1,7 +1,7 @@
 """The pipeline's stage functions as Prefect tasks: the same function objects `dvc repro` runs.
 
 One task per stage function of tasks/, never a second copy of its code. Tasks that train
-or run models (train, prune, unlearn, which with method `retrain` is the gold standard)
+or run models (train, prune, calibrate, unlearn, which with method `retrain` is the gold standard)
 carry the `gpu` tag, so a tag concurrency limit (`flows.study.ensure_gpu_limit`) keeps
 at most one of them per accelerator. None of them retries: their failures (bad
 configuration, a failed split check, a numerical error) are not transient. Results are
@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.deployments import thread_policy
+from tasks.production.study_calibration import calibrate_study
 from tasks.stages.evaluate import evaluate_method
 from tasks.stages.prepare import prepare
 from tasks.stages.prune import prune_originals
@@ -36,6 +37,9 @@ validate_task = task(thread_policy(validate_scenario), name="validate", task_run
 train_task = task(thread_policy(train_originals), name="train", task_run_name="train", tags=[GPU_TAG], **_STAGE)
 prune_task = task(thread_policy(prune_originals), name="prune", task_run_name="prune-s{sparsity}", tags=[GPU_TAG],
                   **_STAGE)  # fmt: skip
+# The study's calibration is the tuning service's search (tasks.production), run as dvc.yaml's stage `calibrate`.
+calibrate_task = task(thread_policy(calibrate_study), name="calibrate", task_run_name="calibrate", tags=[GPU_TAG],
+                      **_STAGE)  # fmt: skip
 unlearn_task = task(
     thread_policy(unlearn),
     name="unlearn",
@@ -47,5 +51,5 @@ evaluate_task = task(thread_policy(evaluate_method), name="evaluate", task_run_n
                      **_STAGE)  # fmt: skip
 report_task = task(thread_policy(build_report), name="report", task_run_name="report", **_STAGE)
 
-STAGE_TASKS = (prepare_task, split_task, validate_task, train_task, prune_task, unlearn_task,
+STAGE_TASKS = (prepare_task, split_task, validate_task, train_task, prune_task, calibrate_task, unlearn_task,
                evaluate_task, report_task)  # fmt: skip

@@ -2,6 +2,7 @@
 
     prepare -> split, validate        (per scenario)
             -> train -> prune         (per sparsity)
+            -> calibrate              (every scenario, method, sparsity in one task, as in dvc.yaml)
             -> retrain                (scenario x sparsity; dvc.yaml: per scenario)
                unlearn                (scenario x method x sparsity; dvc.yaml: scenario x method)
             -> evaluate               (scenario x method, Retrain included)
@@ -28,6 +29,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.deployments import capture_project_logs, named_by_params
 from flows.stages import (
     GPU_TAG,
+    calibrate_task,
     evaluate_task,
     prepare_task,
     prune_task,
@@ -105,13 +107,15 @@ def submit_models(params: Params, prepared: PrefectFuture) -> tuple[PrefectFutur
 
 
 def submit_unlearning(
-    params: Params, validated: dict[str, PrefectFuture], pruned: dict[float, PrefectFuture]
+    params: Params, validated: dict[str, PrefectFuture], pruned: dict[float, PrefectFuture], calibrated: PrefectFuture
 ) -> dict[tuple[str, str, float], PrefectFuture]:
-    """Retrain and every method per scenario and sparsity, after the split's check and the pruned model."""
+    """Retrain and every method per scenario and sparsity, after the split's check and the pruned model
+    (and, but for Retrain, the calibration)."""
     return {
         (scenario, method, sparsity): unlearn_task.submit(
-            params, scenario, method, sparsity, wait_for=[validated[scenario], pruned[sparsity]]
-        )
+            params, scenario, method, sparsity,
+            wait_for=[validated[scenario], pruned[sparsity], *([calibrated] if method != "retrain" else [])],
+        )  # fmt: skip
         for scenario in params.split.scenarios
         for method in study_methods(params)
         for sparsity in params.prune.sparsities
@@ -161,10 +165,11 @@ def run_grid(params: Params) -> dict[str, Any]:
     """Submit every stage of the grid, wait for all of it, publish the report's tables."""
     prepared, validated = submit_data(params)
     trained, pruned = submit_models(params, prepared)
-    unlearned = submit_unlearning(params, validated, pruned)
+    calibrated = calibrate_task.submit(params, wait_for=list(pruned.values()))
+    unlearned = submit_unlearning(params, validated, pruned, calibrated)
     evaluated = submit_evaluation(params, unlearned)
     reported = report_task.submit(params, wait_for=list(evaluated.values()))
-    raise_first_failure([prepared, *validated.values(), trained, *pruned.values(), *unlearned.values(),
+    raise_first_failure([prepared, *validated.values(), trained, *pruned.values(), calibrated, *unlearned.values(),
                          *evaluated.values(), reported])  # fmt: skip
     metrics: dict[str, dict[str, str]] = {}
     for scenario, method in evaluated:
@@ -174,7 +179,7 @@ def run_grid(params: Params) -> dict[str, Any]:
 
 @flow(
     name="study",
-    flow_run_name=named_by_params("study", lambda params: params.data.preset),  # study-digits
+    flow_run_name=named_by_params("study", lambda params: params.data.dataset),  # study-digits, study-<own data>
     task_runner=make_task_runner("threads"),
 )
 def study(

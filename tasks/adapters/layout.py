@@ -23,6 +23,9 @@ FIGURES = REPORTS / "figures"
 # What `unlearn tune` found, per search: the defaults' and the tuned values' gap (git-tracked, beside
 # params.yaml's `tuned` section; the study report shows it).
 TUNING_RECORD = REPORTS / "tuning.json"
+# The study's calibration (stage `calibrate`): per scenario, method and sparsity, the values the
+# unlearn stage runs with where the data set has no tuned values, or why there are none.
+CALIBRATION_RECORD = METRICS / "calibration.json"
 
 
 def sparsity_tag(sparsity: float) -> str:

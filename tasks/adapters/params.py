@@ -574,10 +574,22 @@ def tuned_settings(params: Params, method: str, scenario: str | None, sparsity: 
     return dict(by_scenario.get(sparsity_tag(sparsity), {}))
 
 
-def method_config(params: Params, method: str, *, scenario: str | None = None, sparsity: float | None = None, **extra):
-    """The typed config of `method`: preset defaults < tuned (scenario, sparsity) < settings < `extra`."""
+def method_config(
+    params: Params,
+    method: str,
+    *,
+    scenario: str | None = None,
+    sparsity: float | None = None,
+    calibrated: Mapping[str, Any] | None = None,
+    **extra,
+):
+    """The typed config of `method`: preset defaults < tuned (scenario, sparsity) < `calibrated` < settings < `extra`.
+
+    `calibrated`: values a calibration found on this data set (the study's `calibrate` stage, the
+    champion's registry version); what the user states in `unlearn.settings` still wins over them.
+    """
     tuned = tuned_settings(params, method, scenario, sparsity)
-    settings = {**tuned, **params.unlearn.settings.get(method, {}), **extra}
+    settings = {**tuned, **(calibrated or {}), **params.unlearn.settings.get(method, {}), **extra}
     if method == "retrain":  # Retrain repeats the original's recipe; settings may change parts of it
         train = settings.get("train", {})
         if isinstance(train, Mapping):  # else default_config says what `train` must be

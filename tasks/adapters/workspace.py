@@ -37,6 +37,21 @@ def split(scenario: str) -> Split:
     return Split.load(layout.split_dir(scenario))
 
 
+def study_calibration(scenario: str, method: str, sparsity: float, path: str | Path | None = None) -> dict:
+    """The study's calibration of `method` for `scenario` at `sparsity` (stage `calibrate`; {} if none).
+
+    `status` calibrated | skipped | uncalibrated, `reason`, `values` (calibrated: what the unlearn stage
+    runs with), `dataset`, `date`, `cost_retrains` (the search of this scenario and sparsity, in Retrains).
+    """
+    import json
+
+    path = Path(path or layout.CALIBRATION_RECORD)
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return dict(record.get("entries", {}).get(scenario, {}).get(method, {}).get(layout.sparsity_tag(sparsity), {}))
+
+
 def training_rows(data: DataBundle, excluded: Sequence[str] = ()) -> list[int]:
     """The rows of the training set an original trains on: all of them but the `excluded` sample ids.
 

@@ -279,10 +279,9 @@ def batch_method_config(params: Params, champion=None):
     """
     deletion = params.deletion
     calibrated = registry.calibrated_values(champion, deletion.method) if champion is not None else {}
-    explicit = params.unlearn.settings.get(deletion.method, {})
     return method_config(
         params, deletion.method, scenario=deletion.tuned_scenario, sparsity=deletion.sparsity,
-        **{**calibrated, **explicit, "seed": deletion.seed},
+        calibrated=calibrated, seed=deletion.seed,
     )  # fmt: skip
 
 

@@ -578,13 +578,19 @@ def trial_record(trial: FrozenTrial | None) -> dict[str, Any] | None:
     }
 
 
-def record_search(path: str | Path, study: optuna.Study, scenario: str, sparsity: float) -> Path:
-    """Keep what `study` found in the tuning record at `path` (one entry per study, others kept)."""
+def record_search(
+    path: str | Path, study: optuna.Study, scenario: str, sparsity: float, dataset: str | None = None
+) -> Path:
+    """Keep what `study` found in the tuning record at `path` (one entry per study, others kept).
+
+    `dataset`: the data set searched on (None: the preset's own); the report shows a data set's searches.
+    """
     path = Path(path)
     record = json.loads(path.read_text()) if path.is_file() else {}
     attrs = study.user_attrs
     record[study.study_name] = {
-        "method": attrs["method"], "preset": attrs["preset"], "scenario": scenario, "sparsity": float(sparsity),
+        "method": attrs["method"], "preset": attrs["preset"], "dataset": dataset or attrs["preset"],
+        "scenario": scenario, "sparsity": float(sparsity),
         "max_cost_share": attrs["max_cost_share"], "trials": len(finished(study)), "date": date.today().isoformat(),
         "defaults": trial_record(defaults_trial(study)), "tuned": trial_record(best_trial(study)),
     }  # fmt: skip
@@ -697,7 +703,7 @@ def tune(
     if best is not None and params_path is not None:
         written = str(write_tuned(params_path, method, params.data.dataset, scenario, sparsity,
                                   best.user_attrs["values"], tuned_note(study)))  # fmt: skip
-        record_search(Path(params_path).parent / layout.TUNING_RECORD, study, scenario, sparsity)
+        record_search(Path(params_path).parent / layout.TUNING_RECORD, study, scenario, sparsity, params.data.dataset)
     return TuneSummary(
         name, storage, len(finished(study)), best.user_attrs["values"] if best else None,
         best.value if best else None, defaults.user_attrs["gap"] if defaults else None, written,
@@ -857,6 +863,8 @@ def calibrate(
     enabled: bool | None = None,
     execute: Execute = run_inline,
     device: torch.device | None = None,
+    scenario: str | None = None,
+    methods: Sequence[str] | None = None,
 ) -> Calibration:
     """Search each of `calibrate.methods`' settings on `model` (the champion), within `calibrate.max_retrains`.
 
@@ -870,12 +878,13 @@ def calibrate(
 
     Args:
         enabled: None: `calibrate.enabled`; False (`--no-calibrate`): skip.
+        scenario, methods: None: `calibration_scenario` and `calibrate.methods` (the study's stage names its own).
     """
     import time
 
     group = params.calibrate
-    methods = list(group.methods or [params.deletion.method])
-    scenario = calibration_scenario(params)
+    methods = list(methods or group.methods or [params.deletion.method])
+    scenario = scenario or calibration_scenario(params)
     today = date.today().isoformat()
     reason = skip_reason(params, methods, scenario, sparsity, group.enabled if enabled is None else enabled)
     if reason is not None:

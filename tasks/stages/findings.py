@@ -562,13 +562,15 @@ def scenario_section(params: Params, scenario: str, results: ScenarioResults, fi
 
 
 def tuning_searches(params: Params) -> list[dict]:
-    """The tuning record's searches for this study's preset, scenarios and methods, in table order."""
+    """The tuning record's searches for this study's data set, scenarios and methods, in table order."""
     record = json.loads(layout.TUNING_RECORD.read_text()) if layout.TUNING_RECORD.is_file() else {}
     methods, scenarios = study_methods(params), list(params.split.scenarios)
     searches = [
         search
         for search in record.values()
-        if search["preset"] == params.data.preset and search["scenario"] in scenarios and search["method"] in methods
+        if search.get("dataset", search["preset"]) == params.data.dataset  # older records: the preset's own data
+        and search["scenario"] in scenarios
+        and search["method"] in methods
     ]
     return sorted(searches, key=lambda s: (methods.index(s["method"]), scenarios.index(s["scenario"]), s["sparsity"]))
 
@@ -592,7 +594,7 @@ def tuning_section(params: Params) -> str:
     ]
     searches = tuning_searches(params)
     if not searches:
-        return "\n".join([*lines, f"No search recorded in `{layout.TUNING_RECORD}` for this preset."])
+        return "\n".join([*lines, f"No search recorded in `{layout.TUNING_RECORD}` for {params.data.dataset}."])
     lines += [
         "| method | scenario | sparsity | defaults: gap | tuned values | tuned: gap | trials |",
         "|---|---|---|---|---|---|---|",
@@ -606,11 +608,63 @@ def tuning_section(params: Params) -> str:
     return "\n".join(lines)
 
 
+def settings_source(params: Params, scenario: str, method: str, sparsity: float) -> tuple[str, dict]:
+    """Which values `method` ran with (what `tasks.stages.unlearn` took) and the calibration's entry."""
+    from tasks.adapters.params import tuned_settings
+    from tasks.adapters.workspace import study_calibration
+
+    entry = study_calibration(scenario, method, sparsity)
+    if entry.get("status") == "calibrated":
+        source = f"calibrated on {entry['dataset']}: {values_text(entry['values'])}"
+    elif tuned_settings(params, method, scenario, sparsity):
+        source = "tuned"
+    else:
+        source = "preset defaults"
+    if params.unlearn.settings.get(method):
+        source += " + unlearn.settings"
+    return source, entry
+
+
+def settings_section(params: Params) -> str:
+    """Per method, scenario and sparsity: tuned values, values calibrated on the data set, or preset defaults."""
+    sparsities = params.prune.sparsities
+    lines = [
+        "## Method settings",
+        "",
+        f"What each method ran with on {params.data.dataset}: `tuned` (params.yaml, `unlearn tune`), values the "
+        "`calibrate` stage found on this data set (tuning folds disjoint from the reported forget set), or "
+        "the preset defaults; `unlearn.settings` overrides any of them.",
+        "",
+        f"| method | scenario | {' | '.join(sparsity_label(s) for s in sparsities)} |",
+        f"|---|---|{'---|' * len(sparsities)}",
+    ]
+    costs: dict[str, str] = {}
+    unsearched: dict[str, dict[str, None]] = {}  # reason -> the methods it kept from calibration
+    for method in study_methods(params)[1:]:
+        for scenario in params.split.scenarios:
+            cells = []
+            for sparsity in sparsities:
+                source, entry = settings_source(params, scenario, method, sparsity)
+                cells.append(source)
+                if entry.get("status") == "calibrated":
+                    key = f"`{scenario}`, {sparsity_label(sparsity)}"
+                    costs[key] = (f"calibrated `{scenario}`, {sparsity_label(sparsity)} on {entry['dataset']} "
+                                  f"({entry['date']}): {entry['cost_retrains']:.2f} Retrains")  # fmt: skip
+                elif entry.get("status") in ("skipped", "uncalibrated"):
+                    unsearched.setdefault(entry["reason"], {})[label(method)] = None
+            lines.append(f"| {label(method)} | {scenario} | {' | '.join(cells)} |")
+    notes = [*costs.values(), *(f"not calibrated, {why}: {', '.join(found)}" for why, found in unsearched.items())]
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
+    return "\n".join(lines)
+
+
 def render(params: Params, study: Study, figures: dict[str, list[Path]] | None = None) -> str:
     """The whole report as markdown; figure links only for the scenarios in `figures`."""
     sections = [header(params, study)]
     for scenario, results in study.items():
         sections.append(scenario_section(params, scenario, results, (figures or {}).get(scenario, [])))
+    sections.append(settings_section(params))
     sections.append(tuning_section(params))
     return "\n\n".join(sections) + "\n"
 

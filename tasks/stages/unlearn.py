@@ -1,7 +1,9 @@
 """Stage `unlearn` (and `retrain`): one method, one scenario, every sparsity and seed.
 
 Starts from the (pruned) original at each sparsity, keeps its masks, and writes the
-unlearned checkpoint with the wall time of the unlearning (RTE) in its metadata.
+unlearned checkpoint with the wall time of the unlearning (RTE) in its metadata. A method runs
+with preset defaults < tuned < the values stage `calibrate` found on this data set
+(`layout.CALIBRATION_RECORD`) < `unlearn.settings`.
 `--sparsity` runs one sparsity only (the Prefect study flow runs them side by side). dvc.yaml
 runs every sparsity in one stage: each stage process pays ~6 s of imports and tracking set-up
 before any work, and per sparsity the study had 64 of them (docs/architecture.md).
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from tasks.adapters import layout
 from tasks.adapters.params import Params, method_config
-from tasks.adapters.workspace import bundle, load_model, split, tracked
+from tasks.adapters.workspace import bundle, load_model, split, study_calibration, tracked
 from tasks.stages.entry import sparsities_to_run, stage_main
 from tasks.stages.steps import unlearn_checkpoint
 
@@ -27,9 +29,13 @@ def unlearn(params: Params, scenario: str, method: str, sparsity: float | None =
     for level, seed in itertools.product(sparsities_to_run(sparsity, params.prune.sparsities), params.train.seeds):
         original_path = layout.pruned_path(level, seed)
         original, checkpoint = load_model(original_path)
-        config = method_config(params, method, scenario=scenario, sparsity=level, seed=seed)
+        calibration = {} if method == "retrain" else study_calibration(scenario, method, level)
+        calibrated = calibration.get("values", {}) if calibration.get("status") == "calibrated" else {}
+        config = method_config(params, method, scenario=scenario, sparsity=level, calibrated=calibrated, seed=seed)
         name = f"{method}-{scenario}-s{level}-seed{seed}"
         tags = {"method": method, "scenario": scenario, "sparsity": level, "seed": seed}
+        if calibration:
+            tags["calibration.status"] = calibration["status"]
         path = layout.unlearned_path(scenario, method, level, seed)
         with tracked(params, "unlearn", name, config, **tags) as tracker:
             result = unlearn_checkpoint(

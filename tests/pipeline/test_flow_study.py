@@ -63,6 +63,7 @@ GRID = {
     "train": True,
     "prune-s0.0": True,
     "prune-s0.5": True,
+    "calibrate": True,
     **{f"unlearn-class_wise-{m}-s{s}": True for m in ("retrain", "ft") for s in ("0.0", "0.5")},
     "evaluate-class_wise-retrain": False,
     "evaluate-class_wise-ft": False,
@@ -141,14 +142,15 @@ def test_task_runs_follow_the_dvc_grid_and_model_stages_are_tagged_gpu(thread_ru
 
 
 def test_tasks_wrap_the_stage_functions_themselves():
+    from tasks.production import study_calibration
     from tasks.stages import evaluate, prepare, prune, report, split, train, unlearn, validate
 
     functions = [prepare.prepare, split.make_split, validate.validate_scenario, train.train_originals,
-                 prune.prune_originals, unlearn.unlearn, evaluate.evaluate_method,
+                 prune.prune_originals, study_calibration.calibrate_study, unlearn.unlearn, evaluate.evaluate_method,
                  report.build_report]  # fmt: skip
     assert [t.fn.__wrapped__ for t in STAGE_TASKS] == functions  # under flows.stages.thread_policy
     assert all(t.retries == 0 for t in STAGE_TASKS)
-    assert {t.name for t in STAGE_TASKS if GPU_TAG in t.tags} == {"train", "prune", "unlearn"}
+    assert {t.name for t in STAGE_TASKS if GPU_TAG in t.tags} == {"train", "prune", "calibrate", "unlearn"}
 
 
 def test_dask_runner_reproduces_the_thread_runs_metrics(thread_run, tiny_params, tmp_path):

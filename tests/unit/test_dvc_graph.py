@@ -275,8 +275,12 @@ def layout_paths(argv: list[str]) -> tuple[set[Path], set[Path]]:
             return {layout.RAW}, {layout.original_dir()}
         case "tasks.stages.prune", None:
             return {layout.original_dir()}, {layout.pruned_dir(float(opts["sparsity"]))}
+        case "tasks.production.study_calibration", None:
+            return {layout.RAW, layout.pruned_root()}, {layout.CALIBRATION_RECORD}
         case "tasks.stages.unlearn", None:
             reads = {layout.validation_report(scenario), layout.split_dir(scenario), layout.pruned_root()}
+            if method != "retrain":  # Retrain is the reference: it runs no calibrated values
+                reads.add(layout.CALIBRATION_RECORD)
             return reads, {layout.unlearned_method_dir(scenario, method)}
         case "tasks.stages.evaluate", None:
             reads = {layout.split_dir(scenario), layout.unlearned_method_dir(scenario, method)}
