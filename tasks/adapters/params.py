@@ -256,6 +256,10 @@ class DeletionParams(Strict):
 class CalibrateParams(Strict):
     """Calibration: `unlearn train-original` searches the deletion method's settings on the champion itself.
 
+    The study's `calibrate` stage (`tasks.production.study_calibration`) runs the same search per scenario,
+    sparsity and method of `unlearn.methods` without tuned values for the data set (`methods` and
+    `scenario` are train-original's; `max_retrains` bounds each scenario and sparsity there).
+
     A budgeted search per method (`unlearn tune`'s machinery, `tasks.production.tune.calibrate`) on
     tuning folds disjoint from the scenario's reported forget set: `seeds` x `folds` simulated
     deletions of `scenario`'s kind, each with its Retrain reference. The objective is the mean gap to
