@@ -11,6 +11,8 @@ process pays ~6 s before any work):
   the scenario's kind, disjoint from the reported forget set (`tune.tuning_splits`), within
   `calibrate.max_retrains` Retrains per scenario and sparsity.
 
+A skipped or uncalibrated entry holds no values and no date, so a change to one method's settings
+(which reruns this stage) leaves the record, and the other methods' unlearn stages, as they were.
 The record (`layout.CALIBRATION_RECORD`) is what the unlearn stage takes its values from
 (`workspace.study_calibration`; preset defaults < tuned < calibrated < unlearn.settings) and what the
 report states per method. It lives in tasks.production because the search is the tuning service's
@@ -21,12 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
 from pathlib import Path
 
 from tasks.adapters import layout
 from tasks.adapters.params import Params
-from tasks.production.tune import SEARCH_SPACES, calibrate, method_config_values
+from tasks.production.tune import SEARCH_SPACES, calibrate
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def calibrate_study(params: Params, path: str | Path | None = None) -> Path:
     from tasks.adapters.workspace import bundle, device, load_model
 
     path = Path(path or layout.CALIBRATION_RECORD)
-    dataset, today, group = params.data.dataset, date.today().isoformat(), params.calibrate
+    dataset, group = params.data.dataset, params.calibrate
     methods = [method for method in params.unlearn.methods if method in SEARCH_SPACES]
     entries: dict[str, dict[str, dict[str, dict]]] = {}
     data = None
@@ -51,8 +52,7 @@ def calibrate_study(params: Params, path: str | Path | None = None) -> Path:
             tag, searched = layout.sparsity_tag(sparsity), []
             for method in methods:
                 tuned_at = tuned_for_dataset(params, method, scenario)
-                base = {"dataset": dataset, "date": today,
-                        "values": method_config_values(params, method, scenario, sparsity)}  # fmt: skip
+                base = {"dataset": dataset}  # no values, no date: the file changes only where a search ran
                 if not group.enabled:
                     by_method[method][tag] = {**base, "status": "uncalibrated", "reason": "calibrate.enabled false"}
                 elif group.skip_tuned and tuned_at:
@@ -85,7 +85,7 @@ def calibrate_study(params: Params, path: str | Path | None = None) -> Path:
                 log.info("calibrate %s %s %s: %s %s (%.2f Retrains for the scenario and sparsity)", scenario,
                          method, tag, status, values, found.cost_retrains)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"dataset": dataset, "date": today, "methods": methods, "entries": entries}
+    record = {"dataset": dataset, "methods": methods, "entries": entries}
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 
