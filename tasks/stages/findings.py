@@ -588,8 +588,8 @@ def tuning_section(params: Params) -> str:
         "## Tuned hyperparameters (`unlearn tune`)",
         "",
         "Avg. gap to Retrain on the tuning folds (forgetting disjoint from the reported forget set), "
-        "with each method's defaults and with the values `tuned` in params.yaml holds; the study above "
-        "ran with the tuned values where a sparsity has them, with the defaults elsewhere.",
+        "with each method's defaults and with the values `tuned` in params.yaml holds; which values the "
+        "study above ran with, the method settings table says.",
         "",
     ]
     searches = tuning_searches(params)

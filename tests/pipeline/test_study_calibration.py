@@ -96,3 +96,24 @@ def test_digits_with_tuned_values_is_skipped_and_the_switch_leaves_methods_uncal
     statuses = {entry["status"] for by_method in entries.values() for tags in by_method.values() for entry in tags.values()}
     assert statuses == {"uncalibrated"}
     assert entries["random"]["ga"]["s0.0"]["reason"] == "calibrate.enabled false"
+
+
+def test_the_report_says_which_values_each_method_ran_with(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["unlearn"]["methods"] = ["ft", "ga"]
+    raw["unlearn"]["settings"]["ga"] = {"epochs": 2}
+    params = parse_params(raw)
+    calibrated = {"dataset": "digits", "date": "2026-12-07", "status": "calibrated", "values": {"lr": 0.05},
+                  "cost_retrains": 3.5}  # fmt: skip
+    record = {"dataset": "digits", "methods": ["ft", "ga"], "entries": {"random": {"ft": {"s0.5": calibrated}}}}
+    layout.CALIBRATION_RECORD.parent.mkdir(parents=True)
+    layout.CALIBRATION_RECORD.write_text(json.dumps(record))
+
+    section = settings_section(params)
+
+    print(f"\n{section}")
+    assert "| FT | class_wise | tuned | preset defaults | preset defaults | tuned |" in section
+    assert "| FT | random | tuned | calibrated on digits: lr 0.05 | preset defaults | tuned |" in section
+    assert "| GA | random | tuned + unlearn.settings | preset defaults + unlearn.settings |" in section
+    assert "calibrated `random`, 50% sparse on digits (2026-12-07): 3.50 Retrains" in section
