@@ -111,11 +111,11 @@ def submit_unlearning(
 ) -> dict[tuple[str, str, float], PrefectFuture]:
     """Retrain and every method per scenario and sparsity, after the split's check and the pruned model
     (and, but for Retrain, the calibration)."""
+    after = {method: [] if method == "retrain" else [calibrated] for method in study_methods(params)}
     return {
         (scenario, method, sparsity): unlearn_task.submit(
-            params, scenario, method, sparsity,
-            wait_for=[validated[scenario], pruned[sparsity], *([calibrated] if method != "retrain" else [])],
-        )  # fmt: skip
+            params, scenario, method, sparsity, wait_for=[validated[scenario], pruned[sparsity], *after[method]]
+        )
         for scenario in params.split.scenarios
         for method in study_methods(params)
         for sparsity in params.prune.sparsities

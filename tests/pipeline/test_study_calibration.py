@@ -93,7 +93,9 @@ def test_digits_with_tuned_values_is_skipped_and_the_switch_leaves_methods_uncal
     raw["calibrate"]["enabled"] = False
     calibrate_study(parse_params(raw), tmp_path / "off.json")
     entries = json.loads((tmp_path / "off.json").read_text())["entries"]
-    statuses = {entry["status"] for by_method in entries.values() for tags in by_method.values() for entry in tags.values()}
+    statuses = {
+        entry["status"] for by_method in entries.values() for tags in by_method.values() for entry in tags.values()
+    }
     assert statuses == {"uncalibrated"}
     assert entries["random"]["ga"]["s0.0"]["reason"] == "calibrate.enabled false"
 
