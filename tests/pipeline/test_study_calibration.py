@@ -39,7 +39,8 @@ def test_own_data_is_calibrated_and_the_unlearn_stage_runs_the_values_found(tmp_
         "prune": {"sparsities": [0.0]},
         "unlearn": {"methods": ["rl"]},
         "tracking": {"enabled": False},
-        "calibrate": {"seeds": [0], "folds": 1, "trials": 2, "max_retrains": 20, "skip_tuned": False},
+        "calibrate": {"seeds": [0], "folds": 1, "trials": 2, "max_retrains": 20, "skip_tuned": False,
+                      "max_cost_share": 1.0},  # a 2-epoch Retrain: one epoch of RL is half of it
         # tuned values the search starts from (skip_tuned false: they do not stop it)
         "tuned": {"rl": {"synth": {"class_wise": {"s0.0": BAD_START}}}},
     })  # fmt: skip
@@ -72,6 +73,20 @@ def test_own_data_is_calibrated_and_the_unlearn_stage_runs_the_values_found(tmp_
 
     ran = load_checkpoint(written).metadata["method_config"]
     assert {name: ran[name] for name in entry["values"]} == entry["values"]
+    # the search may keep its start (the tuned values): values the record holds, and nothing else, are what runs
+    record["entries"]["class_wise"]["rl"]["s0.0"]["values"] = {"lr": 0.0123, "epochs": 2}
+    layout.CALIBRATION_RECORD.write_text(json.dumps(record))
+    [written] = unlearn(params, "class_wise", "rl")
+    assert {k: load_checkpoint(written).metadata["method_config"][k] for k in ("lr", "epochs")} == {
+        "lr": 0.0123,
+        "epochs": 2,
+    }
+    overridden = parse_params({**params.model_dump(), "unlearn": {"methods": ["rl"], "settings": {"rl": {"lr": 0.03}}}})
+    [written] = unlearn(overridden, "class_wise", "rl")  # unlearn.settings wins over the calibrated values
+    assert {k: load_checkpoint(written).metadata["method_config"][k] for k in ("lr", "epochs")} == {
+        "lr": 0.03,
+        "epochs": 2,
+    }
     assert "calibrated on synth" in settings_section(params)
 
 
