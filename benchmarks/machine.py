@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from unlearn.threads import cpu_ticks
+
 # Two processes of two OpenMP threads each on two cores spin-wait on each other: a digits
 # fine-tune measured 0.8 s alone and 10-13 s beside a twin. Figures taken under load are noise.
 BUSY_SHARE = 0.25
@@ -14,17 +16,10 @@ BUSY_SHARE = 0.25
 
 def cpu_busy_share(seconds: float = 1.0) -> float | None:
     """Share of all cores busy over the next `seconds` (Linux /proc/stat); None elsewhere."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as stat:
-            values = [int(v) for v in stat.readline().split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values) - idle, sum(values)
-
     try:
-        busy_before, total_before = sample()
+        busy_before, total_before = cpu_ticks()
         time.sleep(seconds)
-        busy_after, total_after = sample()
+        busy_after, total_after = cpu_ticks()
     except OSError:
         return None
     return (busy_after - busy_before) / max(1, total_after - total_before)

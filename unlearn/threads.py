@@ -72,6 +72,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """All cores' (busy, total) clock ticks since boot, from /proc/stat (Linux; OSError elsewhere)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     """Cores other processes keep busy now: /proc/stat over `seconds`, less this process's own use.
 
@@ -80,16 +88,11 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     work, so it errs towards fewer threads).
     """
 
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as stat:
-            values = [int(v) for v in stat.readline().split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values) - idle, sum(values)
-
     try:
-        (busy_before, total_before), own_before, started = sample(), time.process_time(), time.perf_counter()
+        (busy_before, total_before), own_before, started = cpu_ticks(), time.process_time(), time.perf_counter()
         time.sleep(seconds)
-        (busy_after, total_after), own, wall = sample(), time.process_time() - own_before, time.perf_counter() - started
+        busy_after, total_after = cpu_ticks()
+        own, wall = time.process_time() - own_before, time.perf_counter() - started
     except (OSError, ValueError, IndexError):
         return float(os.getloadavg()[0])
     share = (busy_after - busy_before) / max(1, total_after - total_before)
