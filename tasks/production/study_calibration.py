@@ -56,7 +56,9 @@ def calibrate_study(params: Params, path: str | Path | None = None) -> Path:
                 if not group.enabled:
                     by_method[method][tag] = {**base, "status": "uncalibrated", "reason": "calibrate.enabled false"}
                 elif group.skip_tuned and tuned_at:
-                    reason = f"tuned values for {dataset} at {', '.join(tuned_at)}"
+                    # Not which sparsities: tuned values added at another one leave the record (and so every
+                    # other method's unlearn stage) as it was; the report reads `tuned` for what ran where.
+                    reason = f"tuned values for {dataset} ({scenario})"
                     by_method[method][tag] = {**base, "status": "skipped", "reason": reason}
                 else:
                     searched.append(method)

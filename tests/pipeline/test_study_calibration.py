@@ -99,11 +99,14 @@ def test_digits_with_tuned_values_is_skipped_and_the_switch_leaves_methods_uncal
     ft = record["entries"]["class_wise"]["ft"]
     assert set(ft) == {layout.sparsity_tag(s) for s in params.prune.sparsities}
     assert all(entry["status"] == "skipped" for entry in ft.values())
-    assert ft["s0.5"]["reason"] == "tuned values for digits at s0.0, s0.95"
+    assert ft["s0.5"]["reason"] == "tuned values for digits (class_wise)"
     assert "values" not in ft["s0.95"]  # the unlearn stage takes the tuned ones itself
     raw["unlearn"]["settings"]["ga"] = {"lr": 0.002}  # another method's settings: the same record
     calibrate_study(parse_params(raw), tmp_path / "again.json")
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "calibration.json").read_bytes()
+    raw["tuned"]["ga"]["digits"]["class_wise"]["s0.5"] = {"lr": 0.002}  # `unlearn tune` at a new sparsity: the same
+    calibrate_study(parse_params(raw), tmp_path / "tuned.json")
+    assert (tmp_path / "tuned.json").read_bytes() == (tmp_path / "calibration.json").read_bytes()
 
     raw["calibrate"]["enabled"] = False
     calibrate_study(parse_params(raw), tmp_path / "off.json")
