@@ -25,13 +25,13 @@ Differences from the official code, on purpose:
   per-sample Jacobians, `torch.func`). Alphas do not carry over between the two.
   per_sample comes layer by layer (`curvature.fisher_sum`): one forward pass of up to
   `per_sample_batch_size` samples, one backward pass per class, and per layer the squared
-  per-sample gradients summed as they are formed. On all of digits' Dr it took 0.63-0.65x the
-  official loop's time on a small CNN and 0.98-1.24x on digits' ResNet (one thread): the
+  per-sample gradients summed as they are formed. On all of digits' Dr it took 0.63-0.70x the
+  official loop's time on a small CNN and 0.98-1.36x on digits' ResNet (one thread): the
   per-class per-sample weight gradients are as many products as the official per-class batch
   gradients.
   `estimator="sampled"` draws one label per sample from the model (seeded) and squares that
   one gradient: an unbiased estimate of per_sample from one backward pass instead of C
-  (0.11x and 0.22-0.25x the official loop's time there).
+  (0.11-0.14x and 0.22-0.28x the official loop's time there).
 - Cost. `num_samples` draws a seeded subset of Dr for the Fisher (the official code uses
   all of Dr, which is why its FF costs ~90% of a retrain).
 - Head. The classifier head is the last nn.Linear module (the official code takes every
