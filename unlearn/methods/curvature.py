@@ -56,6 +56,41 @@ def per_sample_loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) 
     }
 
 
+def per_sample_gradient_rows(model: nn.Module, inputs: Tensor, labels: Tensor, out: Tensor | None = None) -> Tensor:
+    """`per_sample_loss_gradients` as one (B, d) matrix, tensors in `trainable_parameters` order.
+
+    Written into `out` when given. A Conv2d or Linear module called once writes its per-sample
+    weight gradients straight into their columns (no per-layer tensor of every sample's gradient
+    to allocate and copy: for a large G that copy cost as much as a third of the products).
+    """
+    params = trainable_parameters(model)
+    width = sum(p.numel() for p in params.values())
+    out = inputs.new_empty((len(inputs), width)) if out is None else out
+    try:
+        logits, calls = _forward_recorded(model, inputs)
+    except _Unsupported:
+        return flatten_rows(per_sample_loss_gradients_torch_func(model, inputs, labels), list(params), out=out)
+    columns, start = {}, 0
+    for name, p in params.items():
+        columns[name] = out[:, start : start + p.numel()]
+        start += p.numel()
+    vector = torch.softmax(logits.detach(), dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    once = Counter(call.module for call in calls)
+    written: set[str] = set()
+    for call, grad_output in zip(calls, _output_gradients(logits, calls, vector), strict=True):
+        direct = _write_weight_gradients(call, grad_output[0], columns) if once[call.module] == 1 else set()
+        written |= direct
+        for name, value in _call_gradients(call, grad_output, skip=direct).items():
+            if name in written:  # a module called more than once: its calls' gradients add up
+                columns[name] += value[0].flatten(1)
+            else:
+                columns[name].copy_(value[0].flatten(1))
+                written.add(name)
+    for name in columns.keys() - written:
+        columns[name].zero_()
+    return out
+
+
 def fisher_sum(model: nn.Module, inputs: Tensor, generator: torch.Generator | None = None) -> Parameters:
     """sum_i sum_y p(y|x_i) (d log p(y|x_i) / d theta)^2 over `inputs`: {name: tensor}.
 
@@ -332,12 +367,38 @@ def _is_plain_conv2d(module: nn.Module) -> bool:
     )
 
 
-def _call_gradients(call: _Call, grad_output: Tensor) -> dict[str, Tensor]:
-    """Per-sample gradients {name: (K, B, *shape)} of one call's own trainable tensors.
+def _write_weight_gradients(call: _Call, grad_output: Tensor, columns: dict[str, Tensor]) -> set[str]:
+    """A plain Conv2d's or a 2-D Linear's per-sample weight gradients, written into `columns`.
+
+    `grad_output` is (B, *output), one backward vector per sample; `columns[name]` is the (B, numel)
+    view the gradients go to. Returns the full names written (none for other modules).
+    """
+    module, params = call.module, _trainable(call)
+    name = _full_name(call.prefix, "weight")
+    if "weight" not in params:
+        return set()
+    b = grad_output.shape[0]
+    if _is_plain_conv2d(module):
+        x = call.once("columns", lambda: _unfolded(call).transpose(1, 2))
+        g = grad_output.reshape(b, module.out_channels, -1)
+        torch.bmm(g, x, out=columns[name].view(b, module.out_channels, -1))
+        return {name}
+    if type(module) is nn.Linear and call.inputs[0].ndim == 2:
+        outer = columns[name].view(b, *module.weight.shape)
+        torch.bmm(grad_output.unsqueeze(2), call.inputs[0].unsqueeze(1), out=outer)
+        return {name}
+    return set()
+
+
+def _call_gradients(call: _Call, grad_output: Tensor, skip: set[str] = frozenset()) -> dict[str, Tensor]:
+    """Per-sample gradients {name: (K, B, *shape)} of one call's own trainable tensors (less full names in `skip`).
 
     `grad_output` is (K, B, *output): K backward vectors (classes) for each of B samples.
     """
-    module, params = call.module, _trainable(call)
+    module = call.module
+    params = {name: p for name, p in _trainable(call).items() if _full_name(call.prefix, name) not in skip}
+    if not params:
+        return {}
     k, b = grad_output.shape[:2]
     grads: dict[str, Tensor] = {}
     if type(module) is nn.Linear:

@@ -10,7 +10,9 @@ eval mode) and F the WoodFisher approximation of the Hessian: the damped empiric
 of m retain samples, F = damping * I + (1/m) sum_j g_j g_j^T.
 
 F^{-1} v is exact here: per-sample gradients come layer by layer in batches (one forward and
-one backward pass per `per_sample_batch_size` samples, `curvature.per_sample_loss_gradients`),
+one backward pass per `per_sample_batch_size` samples, `curvature.per_sample_gradient_rows`);
+where their matrix G fits `gradient_memory_mb`, its rows' sum is the Fisher samples' part of G_r
+(with all of Dr as Fisher samples, G_r costs no pass of its own),
 and the Woodbury identity reduces the inverse to an m x m system
 (`curvature.inverse_fisher_product`), solved by conjugate gradients where m is large (a few
 O(m d) steps: the damping keeps it well conditioned) and directly otherwise.
@@ -44,9 +46,8 @@ from unlearn.masks import Masks, apply_masks, masks_to
 from unlearn.methods.base import Unlearned, check_method_config, working_copy
 from unlearn.methods.curvature import (
     flat_mask,
-    flatten_rows,
     inverse_fisher_product,
-    per_sample_loss_gradients,
+    per_sample_gradient_rows,
     trainable_parameters,
 )
 from unlearn.methods.space import LogUniform, SearchSpace
@@ -112,13 +113,27 @@ def run(
     masks: Masks | None = None,
 ) -> Unlearned:
     """Move a copy of `model` by alpha * F^{-1} v, the influence of removing `forget_set`."""
+    _check_sets(len(forget_set), len(retain_set))
     model = prepare_model(working_copy(model), device).eval()
     masks = masks_to(masks, device)
     with Stopwatch(device) as clock:
         keep = _kept_entries(model, masks)
-        direction = influence_direction(model, retain_set.to(device), forget_set.to(device), config.batch_size)
-        blocks = _gradient_blocks(model, _fisher_samples(retain_set, config).to(device), keep, config)
-        step = inverse_fisher_product(direction[keep], blocks, config.damping)
+        fisher_rows = _fisher_rows(retain_set, config)
+        blocks = _gradient_blocks(model, retain_set.subset(fisher_rows).to(device), keep, config)
+        if len(blocks) == 1:
+            # G is in memory: its rows' sum is the Fisher samples' share of G_r, so only the rest of
+            # Dr needs another gradient pass (none when the Fisher samples are all of Dr)
+            rows = blocks[0]()
+            blocks = [lambda: rows]
+            rest = retain_set.subset(_complement(fisher_rows, len(retain_set))).to(device)
+            retain_sum = rows.sum(0)
+            if len(rest):
+                retain_sum += _summed_gradient(model, rest, config.batch_size)[keep]
+        else:
+            retain_sum = _summed_gradient(model, retain_set.to(device), config.batch_size)[keep]
+        forget_sum = _summed_gradient(model, forget_set.to(device), config.batch_size)[keep]
+        direction = _combined(forget_sum, retain_sum, len(forget_set), len(retain_set))
+        step = inverse_fisher_product(direction, blocks, config.damping)
         add_to_parameters(model, keep, config.alpha * step)
         apply_masks(model, masks)
     return Unlearned(model, clock.seconds)
@@ -126,12 +141,20 @@ def run(
 
 def influence_direction(model: nn.Module, retain_set: TensorSet, forget_set: TensorSet, batch_size: int) -> Tensor:
     """v = G_f / N - n_f / (N n_r) * G_r, flattened over the trainable parameters."""
-    forget_count, retain_count = len(forget_set), len(retain_set)
-    if forget_count == 0 or retain_count == 0:
-        raise ConfigError("iu needs a non-empty forget set and a non-empty retain set")
-    total = forget_count + retain_count
+    _check_sets(len(forget_set), len(retain_set))
     forget_sum = _summed_gradient(model, forget_set, batch_size)
     retain_sum = _summed_gradient(model, retain_set, batch_size)
+    return _combined(forget_sum, retain_sum, len(forget_set), len(retain_set))
+
+
+def _check_sets(forget_count: int, retain_count: int) -> None:
+    if forget_count == 0 or retain_count == 0:
+        raise ConfigError("iu needs a non-empty forget set and a non-empty retain set")
+
+
+def _combined(forget_sum: Tensor, retain_sum: Tensor, forget_count: int, retain_count: int) -> Tensor:
+    """v from the summed gradients G_f and G_r."""
+    total = forget_count + retain_count
     return forget_sum / total - forget_count / (total * retain_count) * retain_sum
 
 
@@ -152,17 +175,23 @@ def _kept_entries(model: nn.Module, masks: Masks | None) -> Tensor | slice:
     return slice(None) if mask is None else mask.nonzero().squeeze(1)
 
 
-def _fisher_samples(retain_set: TensorSet, config: Config) -> TensorSet:
-    """A seeded random draw of `num_fisher_samples` rows of Dr (all of it when smaller)."""
+def _fisher_rows(retain_set: TensorSet, config: Config) -> Tensor:
+    """A seeded random draw of `num_fisher_samples` rows of Dr (all of it when smaller), sorted."""
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(retain_set), generator=generator)
-    return retain_set.subset(order[: config.num_fisher_samples].sort().values)
+    return order[: config.num_fisher_samples].sort().values
+
+
+def _complement(rows: Tensor, count: int) -> Tensor:
+    """The indices in range(count) that are not in `rows`."""
+    left = torch.ones(count, dtype=torch.bool)
+    left[rows] = False
+    return left.nonzero().squeeze(1)
 
 
 def _gradient_blocks(model: nn.Module, fisher_set: TensorSet, keep: Tensor | slice, config: Config):
     """Row blocks of G (per-sample gradients on the kept entries), each computed on call."""
     params = trainable_parameters(model)
-    names = list(params)
     width = sum(p.numel() for p in params.values()) if isinstance(keep, slice) else len(keep)
     rows_per_block = max(1, config.gradient_memory_mb * 2**20 // (2 * 4 * width))  # two blocks live
     rows_per_block = max(rows_per_block, config.per_sample_batch_size)
@@ -172,11 +201,11 @@ def _gradient_blocks(model: nn.Module, fisher_set: TensorSet, keep: Tensor | sli
             matrix = torch.empty((len(part), width), device=part.labels.device, dtype=next(iter(params.values())).dtype)
             start = 0
             for inputs, labels in batches(part, config.per_sample_batch_size):
-                gradients, into = per_sample_loss_gradients(model, inputs, labels), matrix[start : start + len(inputs)]
+                into = matrix[start : start + len(inputs)]
                 if isinstance(keep, slice):
-                    flatten_rows(gradients, names, out=into)
+                    per_sample_gradient_rows(model, inputs, labels, out=into)
                 else:
-                    torch.index_select(flatten_rows(gradients, names), 1, keep, out=into)
+                    torch.index_select(per_sample_gradient_rows(model, inputs, labels), 1, keep, out=into)
                 start += len(inputs)
             return matrix
 
