@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
-from sklearn.svm import SVC
 from torch import nn
 
 from unlearn.data import TensorSet
@@ -139,6 +137,8 @@ def fit_attack(members: np.ndarray, non_members: np.ndarray) -> Callable[[np.nda
     if len(members) == 0 or len(non_members) == 0:
         constant = 1 if len(members) else 0
         return lambda features: np.full(len(features), constant, dtype=np.int64)
+    from sklearn.svm import SVC  # here: scikit-learn's import (~2 s) is for the stages that attack
+
     features = np.concatenate([members, non_members])
     membership = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))]).astype(np.int64)
     classifier = SVC(C=3, kernel="rbf", gamma="auto").fit(features, membership)
@@ -157,6 +157,8 @@ def attack_power(
     folds are used when a side has fewer samples than `folds`; None when a side has fewer than 2
     (no held-out sample of each kind can be scored).
     """
+    from sklearn.model_selection import StratifiedKFold
+
     smaller = min(len(members), len(non_members))
     if smaller < 2:
         return None
