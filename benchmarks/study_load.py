@@ -161,7 +161,8 @@ UNIT_POLICIES = {  # name -> (compute.threads, compute.wait_policy)
     "2 threads, passive wait": ("2", "passive"),
     "2 threads, active wait": ("2", "active"),
     "1 thread": ("1", "auto"),
-    "auto, passive wait (new default)": ("auto", "passive"),
+    "auto, passive wait": ("auto", "passive"),
+    "auto, default wait (new default)": ("auto", "auto"),
 }
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from unlearn.errors import ConfigError
 
 WAIT_POLICIES = ("auto", "passive", "active")
-DEFAULT_WAIT_POLICY = "passive"  # params.yaml's compute.wait_policy when left out
+DEFAULT_WAIT_POLICY = "auto"  # params.yaml's compute.wait_policy when left out
 # A core counts as free for one more thread when at least this share of it is idle.
 FREE_CORE_SHARE = 0.75
 SAMPLE_SECONDS = 0.2

@@ -21,6 +21,10 @@ report states per method. It lives in tasks.production because the search is the
 
 from __future__ import annotations
 
+# First, as in every stage module: in a stage process it sets params.yaml's OpenMP wait policy before
+# the imports below load torch (the OpenMP runtime reads it once, when torch loads it).
+import tasks.stages  # noqa: F401  isort: skip
+
 import json
 import logging
 from pathlib import Path

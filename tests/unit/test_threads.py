@@ -62,7 +62,7 @@ def test_a_bad_compute_value_names_its_key(compute, key):
 
 def test_the_shipped_params_and_the_defaults_agree():
     shipped = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).compute
-    assert (shipped.threads, shipped.wait_policy) == ("auto", "passive")
+    assert (shipped.threads, shipped.wait_policy) == ("auto", "auto")
     assert parse_params({}).compute == shipped
 
 
@@ -161,7 +161,8 @@ def test_a_stage_process_starts_openmp_with_the_params_wait_policy(tmp_path, pol
     [
         (["--params", "other.yaml"], {"wait_policy": "active"}, "ACTIVE"),
         (["study", "--params=other.yaml"], {"wait_policy": "auto"}, "unset"),  # the runtime's default
-        (["--params", "other.yaml"], {}, "PASSIVE"),  # the default
+        (["--params", "other.yaml"], {"wait_policy": "passive"}, "PASSIVE"),
+        (["--params", "other.yaml"], {}, "unset"),  # the default: auto
         (["--params", "other.yaml"], {"wait_policy": "lazy"}, "SPIN"),  # left alone: the params check names it
         (["--params", "missing.yaml"], {}, "SPIN"),
     ],
