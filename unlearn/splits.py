@@ -171,6 +171,17 @@ def random_fraction(bundle: DataBundle, fraction: float = 0.1, seed: int = 0) ->
     return _split_from_forget(bundle, "random", chosen)
 
 
+def scenario_split(
+    bundle: DataBundle, kind: str, classes: Sequence[int] = (), fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """The split of a forgetting scenario: `class_wise` (of `classes`) or `random` (`fraction`, `seed`)."""
+    if kind == "class_wise":
+        return class_wise(bundle, classes)
+    if kind == "random":
+        return random_fraction(bundle, fraction, seed)
+    raise ConfigError(f"unknown forgetting scenario kind {kind!r}; known: class_wise, random")
+
+
 def resolve_ids(data: TensorSet, sample_ids: Iterable[str]) -> list[int]:
     """Row indices of `sample_ids` in `data`; unknown or repeated ids are an error naming them."""
     sample_ids = list(sample_ids)

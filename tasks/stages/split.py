@@ -7,7 +7,7 @@ from tasks.adapters.params import Params
 from tasks.adapters.workspace import bundle
 from tasks.stages.entry import stage_main
 from unlearn.errors import ConfigError
-from unlearn.splits import Split, class_wise, random_fraction
+from unlearn.splits import Split, scenario_split
 
 
 def make_split(params: Params, scenario: str) -> Split:
@@ -17,11 +17,7 @@ def make_split(params: Params, scenario: str) -> Split:
     except KeyError:
         known = ", ".join(params.split.scenarios)
         raise ConfigError(f"split.scenarios has no scenario {scenario!r}; known: {known}") from None
-    data = bundle()
-    if definition.kind == "class_wise":
-        result = class_wise(data, definition.classes)
-    else:
-        result = random_fraction(data, definition.fraction, definition.seed)
+    result = scenario_split(bundle(), definition.kind, definition.classes, definition.fraction, definition.seed)
     result.save(layout.split_dir(scenario))
     return result
 

@@ -3,7 +3,7 @@
 import pytest
 
 from unlearn.errors import ConfigError, DuplicateSampleIdError, UnknownSampleIdError
-from unlearn.splits import Split, by_ids, class_wise, random_fraction
+from unlearn.splits import Split, by_ids, class_wise, random_fraction, scenario_split
 
 
 def _check_partition(split, bundle):
@@ -52,6 +52,13 @@ def test_bad_config_values_fail(digits):
         class_wise(digits, [12])
     with pytest.raises(ConfigError, match="fraction"):
         random_fraction(digits, 1.5)
+
+
+def test_a_scenario_kind_picks_its_split(digits):
+    assert scenario_split(digits, "class_wise", [3]).digest() == class_wise(digits, [3]).digest()
+    assert scenario_split(digits, "random", [3], 0.2, 7).digest() == random_fraction(digits, 0.2, 7).digest()
+    with pytest.raises(ConfigError, match="^unknown forgetting scenario kind 'sample'; known: class_wise, random$"):
+        scenario_split(digits, "sample")
 
 
 def test_save_load_round_trip_keeps_digest(digits, tmp_path):
