@@ -21,6 +21,11 @@ preset's model, in interleaved rounds: "x official" is the median of each round'
 wall time on a shared machine), and "gap" is the average gap to that model's Retrain (UA, MIA, RA, TA),
 so speed is never bought with quality. "sampled" is FF's one-label-per-sample estimator;
 rows "defaults" run ours on digits' subsample.
+
+--fisher-estimators asks whether FF's estimators can trade samples for speed: FF's gap to Retrain
+(UA, MIA, RA, TA) with the exact per-sample Fisher and with the sampled one, at 64, 256 and all
+retain samples, dense and 95% OMP, class-wise and random forgetting (params.yaml's scenarios and
+tuned alphas), mean and worst over `--repeats` seeds of the subsample, labels and noise.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +50,7 @@ from unlearn.models import Classifier
 from unlearn.original import original_config
 from unlearn.presets import get_preset
 from unlearn.prune import omp, train_with_rewind
-from unlearn.splits import class_wise
+from unlearn.splits import class_wise, scenario_split
 from unlearn.train import accuracy, fit
 
 TARGETS = {"ft": 0.08, "l1_sparse": 0.08, "iu": 0.08, "ff": 0.10}
@@ -72,11 +78,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--equal-samples", action="store_true", help="FF and IU against the official algorithms")
     parser.add_argument("--per-sample-batch", type=int, default=256, help="ours' per_sample_batch_size there")
+    parser.add_argument("--fisher-estimators", action="store_true", help="FF's gap to Retrain per estimator")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, preset, bundle = pick_device(args.device), get_preset("digits"), load_dataset("digits")
     if args.equal_samples:
         equal_samples(args, preset, bundle, device)
+        return
+    if args.fisher_estimators:
+        fisher_estimators(args, preset, bundle, device)
         return
     split = class_wise(bundle, args.classes)
     retain, forget = split.retain_set(bundle), split.forget_set(bundle)
@@ -244,6 +254,49 @@ def equal_samples(args, preset, bundle, device) -> None:
                 f"{gap:6.2f} {evaluation.ua:6.1f} {evaluation.ra:6.1f}"
             )
         print(f"after the rounds: {describe(device)}")
+
+
+# --- FF's estimators at fewer samples (--fisher-estimators) -------------------------------------
+
+ESTIMATOR_CASES = {  # label -> (estimator, num_samples; None = all of Dr)
+    "exact, 64": ("per_sample", 64),
+    "sampled, 64": ("sampled", 64),
+    "sampled, 256": ("sampled", 256),
+    "sampled, all": ("sampled", None),
+    "exact, all": ("per_sample", None),
+}
+
+
+def fisher_estimators(args, preset, bundle, device) -> None:
+    """FF's gap to Retrain per estimator and sample count, dense and 95% sparse, per scenario."""
+    from tasks.adapters.params import load_params, method_config
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    dense, rewind, _ = train_with_rewind(preset, bundle, bundle.train, device)
+    sparse = omp(dense, rewind, preset, bundle, bundle.train, device, 0.95)
+    print(f"{describe(device)}\nFF's gap to Retrain, mean (worst) over {args.repeats} seeds; FF seconds, median")
+    print(f"{'scenario':11} {'sparsity':>8} " + " ".join(f"{label:>15}" for label in ESTIMATOR_CASES))
+    seconds: dict[str, list[float]] = {label: [] for label in ESTIMATOR_CASES}
+    for scenario, definition in params.split.scenarios.items():
+        split = scenario_split(bundle, definition.kind, definition.classes, definition.fraction, definition.seed)
+        retain, forget, test = split.retain_set(bundle), split.forget_set(bundle), split.test_set(bundle)
+        for sparsity, model, masks in ((0.0, dense, None), (0.95, sparse.model, sparse.masks)):
+            retrained = run_method("retrain", model, retain, forget, device, masks=masks,
+                                   config=default_config("retrain", "digits"))  # fmt: skip
+            reference = evaluate(retrained.model, retain, forget, test, device)
+            cells = []
+            for label, (estimator, samples) in ESTIMATOR_CASES.items():
+                gaps = []
+                for seed in range(args.repeats):
+                    config = method_config(params, "ff", scenario=scenario, sparsity=sparsity, estimator=estimator,
+                                           num_samples=samples, seed=seed)  # fmt: skip
+                    result = run_method("ff", model, retain, forget, device, masks=masks, config=config)
+                    gaps.append(gap_to_retrain(evaluate(result.model, retain, forget, test, device), reference))
+                    seconds[label].append(result.seconds)
+                cells.append(f"{statistics.mean(gaps):6.2f} ({max(gaps):6.2f})")
+            print(f"{scenario:11} {sparsity:8.0%} " + " ".join(f"{cell:>15}" for cell in cells), flush=True)
+    print(f"{'FF seconds':20} " + " ".join(f"{statistics.median(s):15.3f}" for s in seconds.values()))
+    print(f"after the runs: {describe(device)}")
 
 
 if __name__ == "__main__":
