@@ -98,22 +98,52 @@ def fresh_clone(folder: Path, compute: dict | None) -> Path:
 
 
 def timed_repro(clone: Path, until: str | None, log: Path) -> float:
-    """Seconds `dvc repro [until]` took in `clone`; its output goes to `log`, and a failure stops the run."""
+    """Seconds `dvc repro [until]` took in `clone`; its output goes to `log`, each line after the
+    seconds since the start and a tab, and a failure stops the run."""
     command = ["dvc", "repro", *([until] if until else [])]
     env = clean_env(PREFECT_HOME=str(clone / ".prefect"))
     started = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run(command, cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)  # fmt: skip
+        for line in process.stdout:
+            out.write(f"{time.perf_counter() - started:.1f}\t{line}")
+        done = process.wait()
     seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"`{' '.join(command)}` failed in {clone} (exit {done.returncode}); see {log}")
+    if done:
+        raise SystemExit(f"`{' '.join(command)}` failed in {clone} (exit {done}); see {log}")
     return seconds
+
+
+def stage_seconds(log: Path, total: float) -> dict[str, float]:
+    """Each stage's seconds in a run's log, from its `Running stage` line to the next (or the end)."""
+    starts = []
+    for line in log.read_text().splitlines():
+        at, _, text = line.partition("\t")
+        if text.startswith("Running stage '"):
+            starts.append((text.split("'")[1], float(at)))
+    ends = [at for _, at in starts[1:]] + [total]
+    return {name: end - at for (name, at), end in zip(starts, ends, strict=True)}
+
+
+def stage_summary(log: Path, total: float) -> str:
+    """Seconds per kind of stage (the name before `@`) and the slowest stages."""
+    seconds = stage_seconds(log, total)
+    kinds: dict[str, list[float]] = {}
+    for name, value in seconds.items():
+        kinds.setdefault(name.split("@")[0], []).append(value)
+    by_kind = sorted(kinds.items(), key=lambda item: -sum(item[1]))
+    parts = [f"{kind} {sum(v):.0f} s ({len(v)} x {statistics.median(v):.1f})" for kind, v in by_kind]
+    slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
+    return (f"  {len(seconds)} stages; by kind, total (count x median): {'; '.join(parts)}"
+            f"\n  slowest: {', '.join(f'{name} {value:.0f} s' for name, value in slowest)}")  # fmt: skip
 
 
 def thread_lines(log: Path) -> list[str]:
     """The stages' `threads: ...` lines of a run, distinct, in order."""
     seen: dict[str, None] = {}
     for line in log.read_text().splitlines():
+        line = line.partition("\t")[2]
         if line.startswith("threads: "):
             seen.setdefault(line.split(" (")[0] + " (" + line.split("; ")[-1], None)
     return list(seen)
@@ -137,7 +167,8 @@ def full(args: argparse.Namespace) -> None:
                 seconds = timed_repro(clone, args.until, log)
             results.setdefault(name, {})[condition] = seconds
             print(f"[{name}, {condition}] {seconds:.0f} s ({seconds / 60:.1f} min); stages chose: "
-                  f"{'; '.join(thread_lines(log)) or 'no threads line'}", flush=True)  # fmt: skip
+                  f"{'; '.join(thread_lines(log)) or 'no threads line'}\n{stage_summary(log, seconds)}",
+                  flush=True)  # fmt: skip
     print(f"\n== summary: {slice_} ==")
     for name, times in results.items():
         ratio = times["loaded"] / times["as is"]
