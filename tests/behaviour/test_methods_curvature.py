@@ -218,6 +218,8 @@ def test_woodbury_product_by_conjugate_gradients_or_direct(monkeypatch, damping,
     # damping 1: the system is well conditioned and 10 steps reach the tolerance; 1e-6: they
     # do not, and the direct solve gives the same solution
     assert (outcomes[0] is not None) == (solver == "conjugate gradients")
+    if outcomes[0] is not None:  # G^T w, summed along the way, is the product it saves
+        torch.testing.assert_close(outcomes[0][1], gradients.T @ outcomes[0][0])
 
 
 @pytest.mark.parametrize("block_sizes", [(10,), (4, 4, 2)])

@@ -213,9 +213,9 @@ def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[]
         rows = gradient_blocks[0]()
         projected = rows @ vector
         if len(rows) >= _CG_MIN_SAMPLES:
-            weights = _conjugate_gradients(rows, damping * len(rows), projected, max_steps=len(rows) // 32)
-            if weights is not None:
-                return (vector - rows.T @ weights) / damping
+            solved = _conjugate_gradients(rows, damping * len(rows), projected, max_steps=len(rows) // 32)
+            if solved is not None:
+                return (vector - solved[1]) / damping
         gram, only_block = symmetric_gram(rows), rows
     else:
         gram, projected, only_block = _gram_and_projection(vector, gradient_blocks)
@@ -233,26 +233,30 @@ def inverse_fisher_product(vector: Tensor, gradient_blocks: Sequence[Callable[[]
     return (vector - correction) / damping
 
 
-def _conjugate_gradients(rows: Tensor, shift: float, target: Tensor, max_steps: int) -> Tensor | None:
-    """w with (shift I + G G^T) w = target (G = rows), or None if `max_steps` do not reach the tolerance.
+def _conjugate_gradients(rows: Tensor, shift: float, target: Tensor, max_steps: int) -> tuple[Tensor, Tensor] | None:
+    """w with (shift I + G G^T) w = target (G = rows), and G^T w; None if `max_steps` miss the tolerance.
 
-    The m-vectors and scalars are float64; the products with G are in G's precision.
+    G^T w is summed from the G^T x each step computes anyway, which saves a pass over G. The
+    m-vectors and scalars are float64; the products with G are in G's precision.
     """
     target = target.double()
 
-    def apply(x: Tensor) -> Tensor:
-        return shift * x + (rows @ (rows.T @ x.to(rows.dtype))).double()
+    def apply(x: Tensor) -> tuple[Tensor, Tensor]:
+        back = rows.T @ x.to(rows.dtype)
+        return shift * x + (rows @ back).double(), back
 
     solution = target / shift  # the solution when G G^T is small against the shift
-    residual = target - apply(solution)
+    product, back_solution = apply(solution)
+    residual = target - product
     direction, squared = residual.clone(), residual @ residual
     goal = (_CG_TOLERANCE * target.norm()) ** 2
     for _ in range(max_steps + 1):
         if squared <= goal:
-            return solution.to(rows.dtype)
-        product = apply(direction)
+            return solution.to(rows.dtype), back_solution
+        product, back = apply(direction)
         step = squared / (direction @ product)
         solution += step * direction
+        back_solution += step.to(back.dtype) * back
         residual -= step * product
         squared, previous = residual @ residual, squared
         direction = residual + (squared / previous) * direction
