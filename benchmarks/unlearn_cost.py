@@ -269,9 +269,10 @@ ESTIMATOR_CASES = {  # label -> (estimator, num_samples; None = all of Dr)
 
 def fisher_estimators(args, preset, bundle, device) -> None:
     """FF's gap to Retrain per estimator and sample count, dense and 95% sparse, per scenario."""
+    from tasks.adapters.layout import PARAMS_FILE
     from tasks.adapters.params import load_params, method_config
 
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = load_params(Path(__file__).resolve().parents[1] / PARAMS_FILE)
     dense, rewind, _ = train_with_rewind(preset, bundle, bundle.train, device)
     sparse = omp(dense, rewind, preset, bundle, bundle.train, device, 0.95)
     print(f"{describe(device)}\nFF's gap to Retrain, mean (worst) over {args.repeats} seeds; FF seconds, median")
