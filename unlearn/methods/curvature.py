@@ -41,23 +41,8 @@ def _logits(model: nn.Module, params: Parameters, buffers: Parameters, sample: T
     return functional_call(model, (params, buffers), (sample.unsqueeze(0),)).squeeze(0)
 
 
-def per_sample_loss_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) -> Parameters:
-    """Gradient of CE(x_i, y_i) for every sample: {name: (B, *shape)}."""
-    try:
-        logits, calls = _forward_recorded(model, inputs)
-    except _Unsupported:
-        return per_sample_loss_gradients_torch_func(model, inputs, labels)
-    # d CE(x_i, y_i) / d logits_i = p_i - onehot(y_i)
-    vector = torch.softmax(logits.detach(), dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-    gradients = _sample_gradients(logits, calls, vector)
-    return {
-        name: gradients[name][0] if name in gradients else p.new_zeros((len(inputs), *p.shape))
-        for name, p in trainable_parameters(model).items()
-    }
-
-
 def per_sample_gradient_rows(model: nn.Module, inputs: Tensor, labels: Tensor, out: Tensor | None = None) -> Tensor:
-    """`per_sample_loss_gradients` as one (B, d) matrix, tensors in `trainable_parameters` order.
+    """The gradient of CE(x_i, y_i) for every sample as one (B, d) matrix, tensors in `trainable_parameters` order.
 
     Written into `out` when given. A Conv2d or Linear module called once writes its per-sample
     weight gradients straight into their columns (no per-layer tensor of every sample's gradient
@@ -74,6 +59,7 @@ def per_sample_gradient_rows(model: nn.Module, inputs: Tensor, labels: Tensor, o
     for name, p in params.items():
         columns[name] = out[:, start : start + p.numel()]
         start += p.numel()
+    # d CE(x_i, y_i) / d logits_i = p_i - onehot(y_i)
     vector = torch.softmax(logits.detach(), dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
     once = Counter(call.module for call in calls)
     written: set[str] = set()
@@ -129,7 +115,7 @@ def _draw_labels(probs: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def per_sample_loss_gradients_torch_func(model: nn.Module, inputs: Tensor, labels: Tensor) -> Parameters:
-    """`per_sample_loss_gradients` by torch.func over the whole model (the general path)."""
+    """Per-sample CE gradients {name: (B, *shape)} by torch.func over the whole model (the general path)."""
     params, buffers = trainable_parameters(model), _buffers(model)
 
     def loss(params: Parameters, sample: Tensor, label: Tensor) -> Tensor:
@@ -456,15 +442,6 @@ def _module_gradients_torch_func(call: _Call, params: Parameters, grad_output: T
 
     tensors = tuple(call.inputs[i] for i in tensor_at)
     return vmap(vmap(one, in_dims=(0, 0)), in_dims=(None, 0))(tensors, grad_output)
-
-
-def _sample_gradients(logits: Tensor, calls: list[_Call], vector: Tensor) -> Parameters:
-    """{name: (1, B, *shape)}: per-sample gradients of <logits_i, vector_i>, summed over calls."""
-    total: Parameters = {}
-    for call, grad_output in zip(calls, _output_gradients(logits, calls, vector), strict=True):
-        for name, value in _call_gradients(call, grad_output).items():
-            total[name] = total[name] + value if name in total else value
-    return total
 
 
 def _square_sums(logits: Tensor, calls: list[_Call], vectors: Tensor) -> Parameters:
