@@ -298,8 +298,8 @@ class CalibrateParams(Strict):
         references = len(self.seeds) * self.folds
         if references >= self.max_retrains:
             raise ValueError(
-                f"calibrate.max_retrains {self.max_retrains:g} leaves nothing for trials: the {len(self.seeds)} seed(s) x "
-                f"{self.folds} fold(s) Retrain references alone cost {references} Retrains"
+                f"calibrate.max_retrains {self.max_retrains:g} leaves nothing for trials: the "
+                f"{len(self.seeds)} seed(s) x {self.folds} fold(s) Retrain references alone cost {references} Retrains"
             )
         return self
 
