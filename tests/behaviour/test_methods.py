@@ -243,16 +243,33 @@ def test_documented_defaults():
     assert default_config("retrain", "digits").train == get_preset("digits").train
 
 
-def test_the_optimizer_import_happens_before_any_method_is_timed():
-    """torch.optim imports torch._dynamo on its first optimizer: `run_method` must pay that untimed."""
+def test_no_method_imports_torch_dynamo():
+    """torch.optim imports torch._dynamo on its first optimizer (about 2 s of a stage process's start,
+    and of the first RTE a process timed): no method, the trainer included, and no evaluation may."""
     import subprocess
     import sys
 
     script = (
-        "import sys\n"
-        "from unlearn.methods import ready_for_timing\n"
-        "assert 'torch._dynamo' not in sys.modules\n"
-        "ready_for_timing()\n"
-        "assert 'torch._dynamo' in sys.modules\n"
+        "import sys, torch\n"
+        "from dataclasses import replace\n"
+        "from unlearn.data import load_dataset\n"
+        "from unlearn.methods import METHOD_NAMES, default_config, run_method\n"
+        "from unlearn.metrics import evaluate\n"
+        "from unlearn.original import new_model\n"
+        "from unlearn.presets import get_preset\n"
+        "from unlearn.splits import class_wise\n"
+        "preset, digits, cpu = get_preset('digits'), load_dataset('digits'), torch.device('cpu')\n"
+        "split = class_wise(digits, [0])\n"
+        "retain, forget = split.retain_set(digits), split.forget_set(digits)\n"
+        "model = new_model(preset, digits, seed=0)\n"
+        "for name in METHOD_NAMES:\n"
+        "    config = default_config(name, 'digits')\n"
+        "    if name == 'retrain':\n"
+        "        config = replace(config, train=replace(config.train, epochs=1))\n"
+        "    run_method(name, model, retain, forget, cpu, config=config)\n"
+        "    assert 'torch._dynamo' not in sys.modules, f'{name} imported torch._dynamo'\n"
+        "evaluate(model, retain, forget, split.test_set(digits), cpu)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'evaluate imported torch._dynamo'\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -9,7 +9,7 @@ from unlearn.checkpoint import load_checkpoint, model_metadata, restore_model, s
 from unlearn.errors import CheckpointError, ConfigError
 from unlearn.original import new_model, train_original
 from unlearn.presets import get_preset
-from unlearn.train import TrainConfig, accuracy, fit, predict
+from unlearn.train import SGD, TrainConfig, accuracy, fit, predict
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,35 @@ def test_masked_weights_stay_exactly_zero(digits, preset, cpu):
     )
     assert seen and max(seen) == 0.0
     assert dict(model.named_parameters())[name][mask == 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.9, 5e-4), (0.0, 0.0), (0.9, 0.0)])
+def test_sgd_steps_equal_torch_optim(foreach, momentum, weight_decay):
+    """The trainer's SGD is torch.optim.SGD's arithmetic: equal tensors after every step, LR changes,
+    a tensor with no gradient in some steps (skipped, its momentum kept) and one that never trains."""
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(2, requires_grad=True)]
+    ours[2].requires_grad_(False)
+    theirs = [p.detach().clone().requires_grad_(p.requires_grad) for p in ours]
+    mine = SGD(ours, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    reference = torch.optim.SGD(theirs, lr=0.1, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+    for step in range(6):
+        lr = 0.1 * 0.5**step
+        mine.lr = lr
+        for group in reference.param_groups:
+            group["lr"] = lr
+        mine.zero_grad()
+        reference.zero_grad(set_to_none=True)
+        grads = [torch.randn(5, 3), None if step in (1, 2) else torch.randn(4)]
+        for params in (ours, theirs):
+            for p, g in zip(params, grads):
+                p.grad = None if g is None else g.clone()
+        mine.step()
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b), f"step {step}"
+    assert torch.equal(ours[2], theirs[2])
 
 
 def test_schedules():

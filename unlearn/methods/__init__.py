@@ -12,7 +12,6 @@ preset defaults, search space) as `SPEC`, and `registry.METHODS` lists them in t
 
 from __future__ import annotations
 
-import functools
 import importlib
 from dataclasses import fields
 from types import ModuleType
@@ -38,7 +37,6 @@ __all__ = [
     "default_config",
     "method_module",
     "method_spec",
-    "ready_for_timing",
     "run_method",
 ]
 
@@ -80,16 +78,4 @@ def run_method(
     config = spec.config() if config is None else config
     if not isinstance(config, spec.config):
         raise ConfigError(f"method {name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
-    ready_for_timing()
     return spec.run(model, retain_set, forget_set, config, device, masks=masks)
-
-
-@functools.cache
-def ready_for_timing() -> None:
-    """Build one throw-away optimizer, once per process, before any method is timed.
-
-    torch.optim imports torch._dynamo when the first optimizer is made (~1.7 s on two cores):
-    without this, that import lands in the RTE of the first method a process runs (a digits GA
-    measured 1.6 s instead of 0.1 s as the first of three seeds).
-    """
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
