@@ -61,8 +61,7 @@ def test_sgd_steps_equal_torch_optim(foreach, momentum, weight_decay):
     """The trainer's SGD is torch.optim.SGD's arithmetic: equal tensors after every step, LR changes,
     a tensor with no gradient in some steps (skipped, its momentum kept) and one that never trains."""
     torch.manual_seed(0)
-    ours = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(2, requires_grad=True)]
-    ours[2].requires_grad_(False)
+    ours = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(2)]
     theirs = [p.detach().clone().requires_grad_(p.requires_grad) for p in ours]
     mine = SGD(ours, lr=0.1, momentum=momentum, weight_decay=weight_decay)
     reference = torch.optim.SGD(theirs, lr=0.1, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
@@ -75,7 +74,7 @@ def test_sgd_steps_equal_torch_optim(foreach, momentum, weight_decay):
         reference.zero_grad(set_to_none=True)
         grads = [torch.randn(5, 3), None if step in (1, 2) else torch.randn(4)]
         for params in (ours, theirs):
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=False):  # the third tensor never gets one
                 p.grad = None if g is None else g.clone()
         mine.step()
         reference.step()
