@@ -164,6 +164,22 @@ def test_layerwise_fisher_matches_the_loop_formula(name):
     assert all(value.abs().sum() > 0 for value in fast.values())  # every tensor got a gradient
 
 
+@pytest.mark.parametrize("classes", [2, 10])
+def test_logit_fisher_factor_is_exact_with_one_vector_fewer_than_classes(classes):
+    """The vectors fisher_sum backpropagates: C - 1 per sample, their outer products diag(p) - p p^T,
+    also where a probability is exactly 0 or 1 (a confident model in float32)."""
+    probs = torch.softmax(torch.randn(6, classes, generator=torch.Generator().manual_seed(3)) * 4, dim=1)
+    probs[1] = 0.0
+    probs[1, 0] = 1.0
+    probs[2, 1:] = torch.full((classes - 1,), 1.0 / (classes - 1))
+    probs[2, 0] = 0.0
+    factor = curvature._logit_fisher_factor(probs)
+    assert factor.shape == (classes - 1, 6, classes) and factor.dtype == probs.dtype
+    summed = torch.einsum("jbc,jbd->bcd", factor.double(), factor.double())
+    p = probs.double()
+    torch.testing.assert_close(summed, torch.diag_embed(p) - p[:, :, None] * p[:, None, :], rtol=0, atol=1e-7)
+
+
 def test_layerwise_fisher_chunks_match_one_pass(monkeypatch):
     model, data = _models()["conv-bn-linear"], _tiny_set(9, seed=13)
     whole = fisher_sum(model, data.inputs)

@@ -1,8 +1,8 @@
 """Per-sample gradients and curvature pieces shared by IU (`iu`) and FF (`ff`).
 
 Both methods need gradients of one sample at a time. They come layer by layer: one forward
-pass of a batch records each layer's input, one backward pass (batched over the classes for
-the Fisher) gives each layer's output gradient per sample, and a layer's per-sample weight
+pass of a batch records each layer's input, one backward pass (for the Fisher one per class
+less one) gives each layer's output gradient per sample, and a layer's per-sample weight
 gradient is a small product of the two. The official code instead runs one backward pass per
 sample (IU) or per class and batch of 32 (FF). The model must be in eval mode: BatchNorm then
 uses its running statistics, so a sample's gradient does not depend on the rest of its batch.
@@ -80,9 +80,10 @@ def per_sample_gradient_rows(model: nn.Module, inputs: Tensor, labels: Tensor, o
 def fisher_sum(model: nn.Module, inputs: Tensor, generator: torch.Generator | None = None) -> Parameters:
     """sum_i sum_y p(y|x_i) (d log p(y|x_i) / d theta)^2 over `inputs`: {name: tensor}.
 
-    The sum over y is exact: one backward pass per class, whose vector for class y and sample i
-    is sqrt(p(y|x_i)) (e_y - p_i), the gradient of sqrt(p(y|x_i)) log p(y|x_i) w.r.t. the logits
-    with the square root held constant.
+    The sum over y is exact, from one backward pass fewer than there are classes: with g_y the
+    logits' gradient of log p(y|x_i), e_y - p_i, the sum is that of (J^T v)^2 over any vectors v
+    whose outer products add up to sum_y p(y|x_i) g_y g_y^T = diag(p_i) - p_i p_i^T
+    (`_logit_fisher_factor`), and that matrix has rank C - 1.
 
     With a `generator`, one label y_i per sample is drawn from p(.|x_i) instead (on the CPU, so
     seeded alike on every device) and the sum is sum_i (d log p(y_i|x_i) / d theta)^2: an
@@ -102,11 +103,26 @@ def fisher_sum(model: nn.Module, inputs: Tensor, generator: torch.Generator | No
     probs = torch.softmax(logits.detach(), dim=-1)
     classes = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
     if generator is None:
-        vectors = probs.T.sqrt()[:, :, None] * (classes[:, None, :] - probs[None])  # (C, B, C)
+        vectors = _logit_fisher_factor(probs)  # (C - 1, B, C)
     else:
         vectors = (classes[_draw_labels(probs, generator)] - probs)[None]  # (1, B, C)
     sums = _square_sums(logits, calls, vectors)
     return {name: sums.get(name, torch.zeros_like(p)) for name, p in params.items()}
+
+
+def _logit_fisher_factor(probs: Tensor) -> Tensor:
+    """C - 1 vectors per sample, (C - 1, B, C), whose outer products add up to diag(p_i) - p_i p_i^T.
+
+    That matrix (the softmax's Fisher in logit space) is positive semi-definite with rows summing
+    to 0, so rank C - 1: its eigenvectors (float64) but the one of the smallest eigenvalue, 0 up to
+    rounding, scaled by the square roots of their eigenvalues. The C vectors sqrt(p_y) (e_y - p_i)
+    give the same sum with one backward pass more.
+    """
+    p = probs.double()
+    fisher = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    values, vectors = torch.linalg.eigh(fisher)  # ascending
+    factor = vectors[:, :, 1:] * values[:, None, 1:].clamp(min=0).sqrt()  # (B, C, C - 1)
+    return factor.permute(2, 0, 1).to(probs.dtype)
 
 
 def _draw_labels(probs: Tensor, generator: torch.Generator) -> Tensor:

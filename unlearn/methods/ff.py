@@ -24,11 +24,13 @@ Differences from the official code, on purpose:
   `estimator="batch_mean"` reproduces the official quantity (from vectorised per-class,
   per-sample Jacobians, `torch.func`). Alphas do not carry over between the two.
   per_sample comes layer by layer (`curvature.fisher_sum`): one forward pass of up to
-  `per_sample_batch_size` samples, one backward pass per class, and per layer the squared
-  per-sample gradients summed as they are formed. On all of digits' Dr it took 0.63-0.81x the
+  `per_sample_batch_size` samples, C - 1 backward passes for C classes (the softmax's Fisher in
+  logit space has rank C - 1; 0.90x the time of one pass per class on digits' ResNet), and per
+  layer the squared per-sample gradients summed as they are formed. On all of digits' Dr it took 0.63-0.81x the
   official loop's time on a small CNN and 0.98-1.36x on digits' ResNet (one thread): the
   per-class per-sample weight gradients are as many products as the official per-class batch
-  gradients, and the C backward passes to the layers' outputs alone took 0.49x the official time.
+  gradients, and the C backward passes to the layers' outputs alone took 0.49x the official time
+  (C - 1 passes: 0.58x and 1.05x in a later run).
   `estimator="sampled"` draws one label per sample from the model (seeded) and squares that
   one gradient: an unbiased estimate of per_sample from one backward pass instead of C
   (0.11-0.14x and 0.20-0.28x the official loop's time there). It is not the default: the noise
