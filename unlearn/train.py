@@ -115,19 +115,15 @@ class SGD:
             return
         if self.weight_decay:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        if self.momentum:
-            if all(i in self.buffers for i in at):
-                buffers = [self.buffers[i] for i in at]
-                torch._foreach_mul_(buffers, self.momentum)
-                torch._foreach_add_(buffers, grads)
-            else:
-                for i, g in zip(at, grads, strict=True):
-                    if i in self.buffers:
-                        self.buffers[i].mul_(self.momentum).add_(g)
-                    else:
-                        self.buffers[i] = torch.clone(g).detach()
-                buffers = [self.buffers[i] for i in at]
-            grads = buffers
+        if self.momentum:  # buffer = momentum * buffer + grad; a tensor's first buffer is its grad
+            kept = [(self.buffers[i], g) for i, g in zip(at, grads, strict=True) if i in self.buffers]
+            if kept:
+                torch._foreach_mul_([b for b, _ in kept], self.momentum)
+                torch._foreach_add_([b for b, _ in kept], [g for _, g in kept])
+            for i, g in zip(at, grads, strict=True):
+                if i not in self.buffers:
+                    self.buffers[i] = torch.clone(g).detach()
+            grads = [self.buffers[i] for i in at]
         torch._foreach_add_(params, grads, alpha=-self.lr)
 
 

@@ -27,8 +27,8 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
 
     In a stage process (`python -m tasks.stages.<stage>`) two things save start-up and teardown
     that the stage's own work does not need; called from anywhere else it returns as usual:
-    - the objects the imports made (torch's and MLflow's, millions) leave the garbage collector's
-      generations (`gc.freeze`), so its full collections during the stage no longer walk them;
+    - the objects its imports made so far (torch's alone: ~180,000 that the collector tracks)
+      leave the collector's generations (`gc.freeze`), so its full collections no longer walk them;
     - after `run` returns, the process ends as the interpreter's exit begins (other threads joined,
       atexit handlers run, streams flushed) but without its teardown: collecting and unloading
       those objects took 1.2-1.6 s of every stage process on two cores.

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasks.adapters.layout import PARAMS_FILE
 from tasks.stages.entry import stage_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,6 @@ def test_a_stage_process_exits_0_after_its_threads_atexit_handlers_and_buffered_
 
 def test_called_in_process_stage_main_returns(monkeypatch):
     calls = []
-    monkeypatch.setattr("sys.argv", ["example", "--params", str(ROOT / "params.yaml")])
+    monkeypatch.setattr("sys.argv", ["example", "--params", str(ROOT / PARAMS_FILE)])
     stage_main("example", lambda params: calls.append(params.train.seeds))
     assert calls and calls[0]

@@ -101,10 +101,10 @@ def fisher_sum(model: nn.Module, inputs: Tensor, generator: torch.Generator | No
         rows = torch.arange(len(inputs), device=inputs.device)
         return {name: jacobians[name][rows, drawn].square().sum(0) for name in params}
     probs = torch.softmax(logits.detach(), dim=-1)
-    classes = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
     if generator is None:
         vectors = _logit_fisher_factor(probs)  # (C - 1, B, C)
     else:
+        classes = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
         vectors = (classes[_draw_labels(probs, generator)] - probs)[None]  # (1, B, C)
     sums = _square_sums(logits, calls, vectors)
     return {name: sums.get(name, torch.zeros_like(p)) for name, p in params.items()}
@@ -282,7 +282,6 @@ def _gram_and_projection(
             parts[i, j] = left @ gradient_blocks[j]().T
             parts[j, i] = parts[i, j].T
     gram = torch.cat([torch.cat([parts[i, j] for j in range(count)], dim=1) for i in range(count)])
-    return gram, torch.cat(projected), left if count == 1 else None
     return gram, torch.cat(projected), left if count == 1 else None
 
 

@@ -26,8 +26,8 @@ Differences from the official code, on purpose:
   per_sample comes layer by layer (`curvature.fisher_sum`): one forward pass of up to
   `per_sample_batch_size` samples, C - 1 backward passes for C classes (the softmax's Fisher in
   logit space has rank C - 1; 0.90x the time of one pass per class on digits' ResNet), and per
-  layer the squared per-sample gradients summed as they are formed. On all of digits' Dr it took 0.63-0.81x the
-  official loop's time on a small CNN and 0.98-1.36x on digits' ResNet (one thread): the
+  layer the squared per-sample gradients summed as they are formed. On all of digits' Dr it took
+  0.63-0.81x the official loop's time on a small CNN and 0.98-1.36x on digits' ResNet (one thread): the
   per-class per-sample weight gradients are as many products as the official per-class batch
   gradients, and the C backward passes to the layers' outputs alone took 0.49x the official time
   (C - 1 passes: 0.58x and 1.05x in a later run).
