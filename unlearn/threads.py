@@ -136,8 +136,12 @@ def wait_environment(policy: str) -> dict[str, str | None]:
     return {"OMP_WAIT_POLICY": policy.upper()}
 
 
-def _runtime_wait() -> str | None:
-    """OMP_WAIT_POLICY as torch's OpenMP runtime read it: the environment's when torch was first seen loaded."""
+def runtime_wait() -> str | None:
+    """OMP_WAIT_POLICY as torch's OpenMP runtime read it: the environment's when torch was first seen loaded.
+
+    A process that imports torch and later changes its environment (the stage server's children)
+    calls this once right after the import, so the policy is recorded before the change.
+    """
     if not _WAIT_AT_LOAD:
         _WAIT_AT_LOAD.append(os.environ.get("OMP_WAIT_POLICY"))
     return _WAIT_AT_LOAD[0]
@@ -168,7 +172,7 @@ def configure_threads(threads: int | str = "auto", wait_policy: str = "auto", jo
         busy = busy_cores() if threads == "auto" else None
         count = choose_threads(threads, cores, busy or 0.0, jobs)
     if "torch" in sys.modules:
-        _runtime_wait()
+        runtime_wait()
     for name, value in wait_environment(wait_policy).items():
         if value is None:
             os.environ.pop(name, None)
@@ -177,5 +181,5 @@ def configure_threads(threads: int | str = "auto", wait_policy: str = "auto", jo
     import torch  # loads the OpenMP runtime with the policy above, unless it is loaded already
 
     torch.set_num_threads(count)
-    in_effect = _runtime_wait() == os.environ.get("OMP_WAIT_POLICY")
+    in_effect = runtime_wait() == os.environ.get("OMP_WAIT_POLICY")
     return ThreadChoice(count, wait_policy, cores, busy, jobs, setting, in_effect)

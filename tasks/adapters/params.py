@@ -220,6 +220,7 @@ class ComputeParams(Strict):
 
     threads: int | str = "auto"  # auto: the free cores (cores less those other work keeps busy), or a number
     wait_policy: Literal[WAIT_POLICIES] = DEFAULT_WAIT_POLICY  # how OpenMP's idle threads wait: passive | active | auto
+    stage_server: bool = True  # stage processes run in children of a preloaded server (tasks.stages.server)
 
     @field_validator("threads", mode="before")
     @classmethod

@@ -1,12 +1,32 @@
 """The study's DVC stages, one entry point each (`python -m tasks.stages.<stage>`), and their shared libraries.
 
-OpenMP reads its wait policy once, when torch loads it, and every stage module imports torch: so
-when this package is imported before torch (a stage process), it puts params.yaml's
-`compute.wait_policy` into the environment first (the CLI calls the same function). `stage_main`
-then checks the params and sets the threads (`unlearn.threads`).
+Two things happen when this package is imported for a stage process, before the stage module
+and its imports load:
+- OpenMP reads its wait policy once, when torch loads it, and every stage module imports torch:
+  so params.yaml's `compute.wait_policy` goes into the environment first (the CLI calls the same
+  function). `stage_main` then checks the params and sets the threads (`unlearn.threads`).
+- With `compute.stage_server: true` (the default), the stage runs in a child of the stage server,
+  whose imports are done (`tasks.stages.server`), and this process ends with its exit status.
 """
 
+import os
 import sys
+
+
+def _compute_section(argv: list[str]) -> dict | None:
+    """The `--params` file's (default params.yaml) `compute` section; None where it cannot be read."""
+    import yaml
+
+    from tasks.adapters.layout import PARAMS_FILE
+
+    path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params"), None)
+    path = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--params=")), path) or PARAMS_FILE
+    try:
+        with open(path) as file:
+            compute = (yaml.safe_load(file) or {}).get("compute") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return compute if isinstance(compute, dict) else None
 
 
 def wait_policy_before_torch(argv: list[str]) -> None:
@@ -16,21 +36,15 @@ def wait_policy_before_torch(argv: list[str]) -> None:
     """
     if "torch" in sys.modules:  # too late for this process; its children get `configure_threads`'s
         return
-    import os
-
-    import yaml
-
-    from tasks.adapters.layout import PARAMS_FILE
     from unlearn.errors import ConfigError
     from unlearn.threads import DEFAULT_WAIT_POLICY, wait_environment
 
-    path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params"), None)
-    path = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--params=")), path) or PARAMS_FILE
+    compute = _compute_section(argv)
+    if compute is None:
+        return
     try:
-        with open(path) as file:
-            compute = (yaml.safe_load(file) or {}).get("compute") or {}
         environment = wait_environment(compute.get("wait_policy", DEFAULT_WAIT_POLICY))
-    except (OSError, yaml.YAMLError, AttributeError, ConfigError):
+    except ConfigError:
         return
     for name, value in environment.items():
         if value is None:
@@ -39,4 +53,34 @@ def wait_policy_before_torch(argv: list[str]) -> None:
             os.environ[name] = value
 
 
-wait_policy_before_torch(sys.argv[1:])
+def stage_being_started() -> str | None:
+    """The stage module `python -m tasks.stages.<stage>` is starting, while it imports this package (else None).
+
+    Only a plain `python -m` (no interpreter options) of a stage module counts, not the server's own.
+    """
+    argv = getattr(sys, "orig_argv", [])
+    if sys.argv[:1] != ["-m"] or len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith(f"{__name__}."):
+        return None
+    return None if argv[2] == f"{__name__}.server" else argv[2]
+
+
+def serve_stage(module: str, argv: list[str]) -> None:
+    """Run `module` in the stage server and end this process with its status, where params.yaml asks for
+    it and a server takes it; otherwise return, and the stage runs here."""
+    compute = _compute_section(argv)
+    if "torch" in sys.modules or compute is None or compute.get("stage_server", True) is not True:
+        return  # a bad value: the stage's params check names it
+    from tasks.stages.server import run_served
+
+    status = run_served(module, argv)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+_starting = stage_being_started()
+if _starting is not None or sys.argv[:1] != ["-m"]:  # not for the server: it keeps the environment it was given
+    wait_policy_before_torch(sys.argv[1:])
+if _starting is not None:
+    serve_stage(_starting, sys.argv[1:])

@@ -50,7 +50,7 @@ def stage_main(description: str, run: Callable[..., object], *arguments: tuple) 
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     if stage_process:
-        _exit_without_teardown()
+        exit_without_teardown()
 
 
 def _is_stage_process() -> bool:
@@ -59,8 +59,8 @@ def _is_stage_process() -> bool:
     return spec is not None and spec.name.startswith("tasks.")
 
 
-def _exit_without_teardown() -> None:
-    """End the process with status 0 as a normal exit would, less the interpreter's teardown.
+def exit_without_teardown(code: int = 0) -> None:
+    """End the process with status `code` as a normal exit would, less the interpreter's teardown.
 
     A normal exit joins the other non-daemon threads, runs the atexit handlers (MLflow's among
     them), then tears the interpreter down: that last part only frees memory the process is about
@@ -74,7 +74,7 @@ def _exit_without_teardown() -> None:
     logging.shutdown()
     for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__} - {None}:
         stream.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def sparsities_to_run(sparsity: float | None, every: list[float]) -> list[float]:
