@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Seconds a server stays up after its last stage ends (DVC starts the next stage within ~1 s).
-IDLE_SECONDS = 30.0
+IDLE_SECONDS = 15.0
 # Seconds a stage process waits for a server it started to finish its imports.
 START_SECONDS = 180.0
 # Imports every stage module leaves to its run (tracking, metrics), done once in the server.
@@ -113,7 +113,10 @@ def run_served(module: str, arguments: Sequence[str]) -> int | None:
     if accepted != b"A":  # the server ended or refused before it forked: nothing ran
         connection.close()
         return None
-    status = _receive_exactly(connection, _STATUS.size)
+    try:
+        status = _receive_exactly(connection, _STATUS.size)
+    except KeyboardInterrupt:  # Ctrl-C: this process ends, and with it the stage (it watches the connection)
+        return 130
     if status is None:
         print("error: the stage server ended before the stage did", file=sys.stderr)
         return 1
@@ -302,6 +305,10 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
 
     threading.Thread(target=watch, name="stage-process-watch", daemon=True).start()
     sys.argv = ["-m", *request["argv"]]
+    # `python -m` runs the module as __main__ without importing it under its own name first
+    package, _, name = request["module"].rpartition(".")
+    if sys.modules.pop(request["module"], None) is not None and package in sys.modules:
+        vars(sys.modules[package]).pop(name, None)
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0

@@ -106,17 +106,18 @@ def test_the_key_follows_sources_and_environment_but_not_per_command_variables(t
 
 
 @pytest.mark.parametrize("stage_server", [True, False])
-def test_a_stage_command_is_served_as_params_yaml_says_with_the_same_error_and_status(tmp_path, stage_server):
+def test_a_stage_command_is_served_as_params_yaml_says_with_its_wait_policy_error_and_status(tmp_path, stage_server):
     params = yaml.safe_load((ROOT / PARAMS_FILE).read_text())
-    params["compute"]["stage_server"] = stage_server
-    params["train"]["seeds"] = "not a list"
+    params["compute"].update(stage_server=stage_server, wait_policy="passive")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROBE_TOKEN": uuid.uuid4().hex}
-    env.pop("OMP_WAIT_POLICY", None)  # as params.yaml's `wait_policy: auto` leaves it, so the key is the stage's
-    done = subprocess.run([sys.executable, "-m", "tasks.stages.train", "--params", "params.yaml"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROBE_TOKEN": uuid.uuid4().hex, "OMP_WAIT_POLICY": "ACTIVE"}
+    command = [sys.executable, "-m", "tasks.stages.split", "--params", "params.yaml", "--scenario", "nope"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: params.yaml: train.seeds")
+    threads, error = done.stderr.strip().splitlines()[-2:]
+    assert threads.startswith("threads: ") and threads.endswith("passive wait)")  # in effect: torch loaded after
+    assert error == "error: split.scenarios has no scenario 'nope'; known: class_wise, random"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # as the stage process set it from params.yaml before it asked
     started = server._connect(server.server_address(server.server_key(env)))
     assert (started is not None) == stage_server
     if started is not None:
