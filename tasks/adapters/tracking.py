@@ -659,22 +659,37 @@ def log_split(split: Split, name: str, source: str | Path | None = None) -> dict
         source: the folder the manifests were saved in (`Split.save`), recorded as their source.
     """
     tags = {**split_digest_tags(split.digests()), "split.scenario": split.scenario}
+    whole = split.digest()
+    datasets, input_tags = [], []
     for part in SPLIT_CONTEXTS:
         manifest: Manifest = getattr(split, part)
         digest = manifest.digest()
-        with warnings.catch_warnings():  # local paths match two source types; ids/labels are ints
-            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
-            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
-            dataset = mlflow.data.from_pandas(
-                manifest_frame(manifest),
-                source=None if source is None else str(Path(source) / f"{part}.csv"),
-                name=f"{name}/{part}",
-                targets="label",
-                digest=digest[:DATASET_DIGEST_LENGTH],
-            )
-            mlflow.log_input(dataset, context=part, tags={"digest": digest, "split_digest": split.digest()})
+        part_source = None if source is None else str(Path(source) / f"{part}.csv")
+        datasets.append(_manifest_dataset(manifest, f"{name}/{part}", part_source, digest))
+        input_tags.append({"digest": digest, "split_digest": whole})
+    with warnings.catch_warnings():  # ids and labels are ints: MLflow warns of missing values it cannot hold
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+        mlflow.log_inputs(datasets, contexts=list(SPLIT_CONTEXTS), tags_list=input_tags)  # one request
     set_tags(tags)
     return tags
+
+
+# A stage logs the same split in each of its runs: its datasets (with the schema MLflow infers from
+# them, the costly part) are made once per process. Keyed by the manifest's digest, so never stale.
+_DATASETS: dict[tuple[str, str, str | None], Any] = {}
+
+
+def _manifest_dataset(manifest: Manifest, name: str, source: str | None, digest: str) -> Any:
+    """The MLflow dataset of one manifest (a pandas frame of ids, indices and labels), cached."""
+    key = (digest, name, source)
+    if key not in _DATASETS:
+        with warnings.catch_warnings():  # local paths match two source types
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            _DATASETS[key] = mlflow.data.from_pandas(
+                manifest_frame(manifest), source=source, name=name, targets="label",
+                digest=digest[:DATASET_DIGEST_LENGTH],
+            )  # fmt: skip
+    return _DATASETS[key]
 
 
 def log_artifacts(paths: Iterable[str | Path], artifact_path: str | None = None) -> list[str]:
