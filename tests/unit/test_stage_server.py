@@ -70,9 +70,17 @@ def test_the_stage_ends_when_its_stage_process_is_killed(tmp_path):
     client.send_signal(signal.SIGTERM)
     client.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{child}").exists() and "zombie" not in Path(f"/proc/{child}/status").read_text():
+    while alive(child):
         assert time.monotonic() < deadline, "the stage outlived its stage process"
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not yet reaped by the server, does not)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
 
 
 def test_a_server_that_cannot_start_says_why_and_nothing_runs_there(tmp_path):
