@@ -16,7 +16,8 @@ What keeps a served stage the same as one run in its own process:
   which the child gets all the same). A change of any of them starts another server; the old
   one ends once idle. The OpenMP wait policy (`compute.wait_policy`) is in the environment by then.
 - The child starts from the server's freshly imported state (nothing but imports runs in the
-  server) and replaces its environment and working folder with the stage process's.
+  server), replaces its environment and working folder with the stage process's, and draws fresh
+  random states (torch's seed, numpy's global state; Python's `random` reseeds itself on a fork).
 - If the stage process ends (killed, Ctrl-C), the child is terminated: it watches the connection.
 - Only the same user's processes are served or trusted (SO_PEERCRED on both ends of the socket,
   an abstract Unix socket named after the user and the key).
@@ -304,6 +305,12 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
             os.kill(os.getpid(), 15)
 
     threading.Thread(target=watch, name="stage-process-watch", daemon=True).start()
+    # fresh random states, as a new interpreter draws them (Python's `random` reseeds after a fork itself)
+    import numpy
+    import torch
+
+    torch.seed()
+    numpy.random.seed()
     sys.argv = ["-m", *request["argv"]]
     # `python -m` runs the module as __main__ without importing it under its own name first
     package, _, name = request["module"].rpartition(".")

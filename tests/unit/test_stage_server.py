@@ -22,6 +22,8 @@ PROBE = """
 import os, sys, time
 print("argv", sys.argv[1:], "cwd", os.getcwd(), "token", os.environ["PROBE_TOKEN"], "stdin", sys.stdin.read())
 print("parent", os.getppid(), "main", __name__, file=sys.stderr)
+import torch
+print("torch seed", torch.initial_seed(), file=sys.stderr)
 if sys.argv[1] == "sleep":
     open(sys.argv[2], "w").write(str(os.getpid()))
     time.sleep(60)
@@ -52,6 +54,8 @@ def test_a_served_stage_gets_its_arguments_folder_environment_streams_and_exit_s
     second = served({**env, "DVC_STAGE": "another"}, "0", cwd=tmp_path)  # a per-command variable: same server
     assert second.returncode == 0, second.stderr
     assert second.stderr.split("parent ")[1].split()[0] == parent  # one server forked both
+    seeds = [done.stderr.split("torch seed ")[1].split()[0] for done in (first, second)]
+    assert seeds[0] != seeds[1]  # each child draws its own, as separate processes do
     connection = server._connect(server.server_address(server.server_key(env)))
     assert connection is not None
     connection.close()
