@@ -34,14 +34,15 @@ def wait_policy_before_torch(argv: list[str]) -> None:
 
     A missing or bad file or value is left alone here: the stage's params check names it.
     """
-    if "torch" in sys.modules:  # too late for this process; its children get `configure_threads`'s
+    _apply_wait_policy(_compute_section(argv))
+
+
+def _apply_wait_policy(compute: dict | None) -> None:
+    if "torch" in sys.modules or compute is None:  # too late for this process; its children get `configure_threads`'s
         return
     from unlearn.errors import ConfigError
     from unlearn.threads import DEFAULT_WAIT_POLICY, wait_environment
 
-    compute = _compute_section(argv)
-    if compute is None:
-        return
     try:
         environment = wait_environment(compute.get("wait_policy", DEFAULT_WAIT_POLICY))
     except ConfigError:
@@ -53,21 +54,15 @@ def wait_policy_before_torch(argv: list[str]) -> None:
             os.environ[name] = value
 
 
-def stage_being_started() -> str | None:
-    """The stage module `python -m tasks.stages.<stage>` is starting, while it imports this package (else None).
-
-    Only a plain `python -m` (no interpreter options) of a stage module counts, not the server's own.
-    """
+def _module_starting() -> str | None:
+    """The module a plain `python -m <module>` (no interpreter options) is starting while it imports this package."""
     argv = getattr(sys, "orig_argv", [])
-    if sys.argv[:1] != ["-m"] or len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith(f"{__name__}."):
-        return None
-    return None if argv[2] == f"{__name__}.server" else argv[2]
+    return argv[2] if sys.argv[:1] == ["-m"] and len(argv) >= 3 and argv[1] == "-m" else None
 
 
-def serve_stage(module: str, argv: list[str]) -> None:
-    """Run `module` in the stage server and end this process with its status, where params.yaml asks for
+def _serve_stage(module: str, argv: list[str], compute: dict | None) -> None:
+    """Run stage `module` in the stage server and end this process with its status, where the params ask for
     it and a server takes it; otherwise return, and the stage runs here."""
-    compute = _compute_section(argv)
     if "torch" in sys.modules or compute is None or compute.get("stage_server", True) is not True:
         return  # a bad value: the stage's params check names it
     from tasks.stages.server import run_served
@@ -79,8 +74,9 @@ def serve_stage(module: str, argv: list[str]) -> None:
         os._exit(status)
 
 
-_starting = stage_being_started()
-if _starting is not None or sys.argv[:1] != ["-m"]:  # not for the server: it keeps the environment it was given
-    wait_policy_before_torch(sys.argv[1:])
-if _starting is not None:
-    serve_stage(_starting, sys.argv[1:])
+_starting = _module_starting()
+if _starting != f"{__name__}.server":  # the server keeps the environment it was started with
+    _compute = _compute_section(sys.argv[1:])
+    _apply_wait_policy(_compute)
+    if _starting is not None and _starting.startswith(f"{__name__}."):
+        _serve_stage(_starting, sys.argv[1:], _compute)

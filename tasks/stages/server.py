@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -302,7 +303,7 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
         try:
             connection.recv(1)
         finally:
-            os.kill(os.getpid(), 15)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stage-process-watch", daemon=True).start()
     # fresh random states, as a new interpreter draws them (Python's `random` reseeds after a fork itself)
