@@ -1,4 +1,4 @@
-"""The one training loop every method uses: SGD, LR schedules, masks, AMP on CUDA.
+"""The one training loop every method uses: SGD, LR schedules, masks, AMP on CUDA, channels_last.
 
 Data stays on the device as tensors; batches are index slices of it, so there is no
 DataLoader, worker process or host-to-device copy per step.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -146,6 +147,25 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+@contextmanager
+def _training_layout(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """channels_last while `fit` trains on the CPU as well, then the default layout again.
+
+    oneDNN's convolutions are faster in channels_last on the CPU too: a 20-epoch digits training
+    of `digits_resnet` on two threads took 0.77x the time (3.76 s against 4.89 s, medians of 3,
+    2026-12-07). Prediction gained nothing there, so a CPU model leaves `fit` as it came in
+    (on CUDA, `prepare_model` keeps channels_last throughout).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def fit(
     model: nn.Module,
     data: TensorSet,
@@ -184,59 +204,60 @@ def fit(
     steps = math.ceil(len(data) / config.batch_size)
     history = History()
     started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        epoch_started = time.perf_counter()
-        labels = data.labels if epoch_labels is None else epoch_labels(epoch).to(device)
-        epoch_data = data.with_labels(labels)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for step, (inputs, targets) in enumerate(
-            batches(epoch_data, config.batch_size, shuffle=True, generator=generator)
-        ):
-            if len(targets) < 2:  # BatchNorm cannot train on a single sample
-                continue
-            optimizer.lr = config.lr * config.lr_factor(epoch, step / steps)
-            if config.augment:
-                inputs = random_crop_flip(inputs, config.crop_padding, augment_generator)
-            if device.type == "cuda":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = model(inputs)
-                loss = objective(logits.float(), targets, epoch)
-            optimizer.zero_grad()
-            loss.backward()
-            if add_gradient is not None:
-                with torch.no_grad():
-                    add_gradient(model, epoch)
-            mask_gradients(model, masks)
-            optimizer.step()
-            apply_masks(model, masks)
-            if after_step is not None:
-                after_step(model)
-            loss_sum += loss.detach() * len(targets)
-            correct += (logits.argmax(1) == targets).sum()
-            seen += len(targets)
-        record = EpochRecord(
-            epoch,
-            float(loss_sum) / max(seen, 1),
-            float(correct) / max(seen, 1),
-            config.lr * config.lr_factor(epoch),
-            time.perf_counter() - epoch_started,
-        )
-        history.epochs.append(record)
-        log.info(
-            "epoch %d/%d loss %.4f acc %.4f lr %.4g %.2fs",
-            epoch + 1,
-            config.epochs,
-            record.loss,
-            record.accuracy,
-            record.lr,
-            record.seconds,
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
+    with _training_layout(model, device):
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            epoch_started = time.perf_counter()
+            labels = data.labels if epoch_labels is None else epoch_labels(epoch).to(device)
+            epoch_data = data.with_labels(labels)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for step, (inputs, targets) in enumerate(
+                batches(epoch_data, config.batch_size, shuffle=True, generator=generator)
+            ):
+                if len(targets) < 2:  # BatchNorm cannot train on a single sample
+                    continue
+                optimizer.lr = config.lr * config.lr_factor(epoch, step / steps)
+                if config.augment:
+                    inputs = random_crop_flip(inputs, config.crop_padding, augment_generator)
+                if inputs.ndim == 4:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = model(inputs)
+                    loss = objective(logits.float(), targets, epoch)
+                optimizer.zero_grad()
+                loss.backward()
+                if add_gradient is not None:
+                    with torch.no_grad():
+                        add_gradient(model, epoch)
+                mask_gradients(model, masks)
+                optimizer.step()
+                apply_masks(model, masks)
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += loss.detach() * len(targets)
+                correct += (logits.argmax(1) == targets).sum()
+                seen += len(targets)
+            record = EpochRecord(
+                epoch,
+                float(loss_sum) / max(seen, 1),
+                float(correct) / max(seen, 1),
+                config.lr * config.lr_factor(epoch),
+                time.perf_counter() - epoch_started,
+            )
+            history.epochs.append(record)
+            log.info(
+                "epoch %d/%d loss %.4f acc %.4f lr %.4g %.2fs",
+                epoch + 1,
+                config.epochs,
+                record.loss,
+                record.accuracy,
+                record.lr,
+                record.seconds,
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
     history.seconds = time.perf_counter() - started
     return history
 

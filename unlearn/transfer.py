@@ -9,7 +9,7 @@ data set (digits 0-4 -> 5-9) or another data set (CIFAR-100 -> CIFAR-10): `TRANS
 Linear probing extracts the penultimate features once, with the backbone in eval mode (its
 BatchNorm statistics stay frozen), and trains only a new linear head on them: no backbone
 forward pass per epoch. Features are stored as (N, D, 1, 1), so `fit` and `predict` treat
-them like images (channels_last on CUDA needs 4-d inputs) and the head flattens them first.
+them like images (channels_last needs 4-d inputs) and the head flattens them first.
 """
 
 from __future__ import annotations

@@ -38,6 +38,28 @@ def test_training_is_deterministic_on_cpu(digits, preset, cpu):
     assert torch.equal(weights[0], weights[1])
 
 
+def test_cpu_training_runs_in_channels_last_and_returns_the_default_layout(digits, preset, cpu):
+    model = new_model(preset, digits, seed=0)
+
+    def convs(module):  # a 1-channel or 1x1 kernel is laid out alike in both formats
+        return [p for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+
+    before = [id(p) for p in convs(model)]
+    during = []
+    fit(
+        model,
+        digits.train,
+        _short(preset, epochs=1),
+        cpu,
+        after_step=lambda m: during.append(
+            all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs(m))
+        ),
+    )
+    assert before and during and all(during)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert [id(p) for p in convs(model)] == before  # the same tensors, laid out again
+
+
 def test_masked_weights_stay_exactly_zero(digits, preset, cpu):
     model = new_model(preset, digits, seed=0)
     name = "net.0.weight"
