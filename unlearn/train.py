@@ -152,9 +152,9 @@ def _training_layout(model: nn.Module, device: torch.device) -> Iterator[None]:
     """channels_last while `fit` trains on the CPU as well, then the default layout again.
 
     oneDNN's convolutions are faster in channels_last on the CPU too: a 20-epoch digits training
-    of `digits_resnet` on two threads took 0.77x the time (3.76 s against 4.89 s, medians of 3,
-    2026-12-07). Prediction gained nothing there, so a CPU model leaves `fit` as it came in
-    (on CUDA, `prepare_model` keeps channels_last throughout).
+    of `digits_resnet` took 0.78x the time on two threads (3.74 s against 4.82 s, medians of 3,
+    2026-12-07) and 0.92x on one. Prediction gained nothing there, so a CPU model leaves `fit` in
+    the default layout (on CUDA, `prepare_model` keeps channels_last throughout).
     """
     if device.type != "cpu":
         yield
