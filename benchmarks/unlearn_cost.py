@@ -19,13 +19,15 @@ loops (`official_ff`, `official_iu`), on all of Dr (equal samples), on a small C
 preset's model, in interleaved rounds: "x official" is the median of each round's ours/official
 (target: at most 0.5), "CPU s" and its "x" the same in this process's CPU time (steadier than
 wall time on a shared machine), and "gap" is the average gap to that model's Retrain (UA, MIA, RA, TA),
-so speed is never bought with quality. "sampled" is FF's one-label-per-sample estimator;
-rows "defaults" run ours on digits' subsample.
+so speed is never bought with quality. "FF ours" is the default per-sample Fisher (each sample's
+two leading directions exact, the rest from one draw), "exact" the full sum over the classes,
+"sampled" the one-label-per-sample estimator; rows "defaults" run ours on digits' subsample.
 
---fisher-estimators asks whether FF's estimators can trade samples for speed: FF's gap to Retrain
-(UA, MIA, RA, TA) with the exact per-sample Fisher and with the sampled one, at 64, 256 and all
-retain samples, dense and 95% OMP, class-wise and random forgetting (params.yaml's scenarios and
-tuned alphas), mean and worst over `--repeats` seeds of the subsample, labels and noise.
+--fisher-estimators asks whether FF's estimators can trade work for speed: FF's gap to Retrain
+(UA, MIA, RA, TA) with the exact per-sample Fisher, with 2 and 1 leading directions plus one
+draw (`leading_directions`), and with the sampled one, at 64 and all retain samples, dense and
+95% OMP, class-wise and random forgetting (params.yaml's scenarios and tuned alphas), mean and
+worst over `--repeats` seeds of the subsample, draws and noise.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ def equal_samples(args, preset, bundle, device) -> None:
     cases = {
         "FF official": lambda model: official_ff(model, retain, forget, ff_config, device),
         "FF ours": ours("ff", ff_config),
+        "FF ours, exact": ours("ff", replace(ff_config, leading_directions=None)),
         "FF ours, sampled": ours("ff", replace(ff_config, estimator="sampled")),
         "IU official": lambda model: official_iu(model, retain, forget, iu_config, device),
         "IU ours": ours("iu", iu_config),
@@ -219,7 +222,12 @@ def equal_samples(args, preset, bundle, device) -> None:
         "IU ours, defaults": ours("iu", default_config("iu", "digits")),
         "retrain": ours("retrain", default_config("retrain", "digits")),
     }
-    pairs = {"FF ours": "FF official", "FF ours, sampled": "FF official", "IU ours": "IU official"}
+    pairs = {
+        "FF ours": "FF official",
+        "FF ours, exact": "FF official",
+        "FF ours, sampled": "FF official",
+        "IU ours": "IU official",
+    }
     print(
         f"{describe(device)}\ndigits class-wise {args.classes}, {len(retain)} retain samples, "
         f"median of {args.repeats} interleaved rounds"
@@ -258,12 +266,14 @@ def equal_samples(args, preset, bundle, device) -> None:
 
 # --- FF's estimators at fewer samples (--fisher-estimators) -------------------------------------
 
-ESTIMATOR_CASES = {  # label -> (estimator, num_samples; None = all of Dr)
-    "exact, 64": ("per_sample", 64),
-    "sampled, 64": ("sampled", 64),
-    "sampled, 256": ("sampled", 256),
-    "sampled, all": ("sampled", None),
-    "exact, all": ("per_sample", None),
+ESTIMATOR_CASES = {  # label -> (estimator, num_samples; None = all of Dr, leading_directions)
+    "exact, 64": ("per_sample", 64, None),
+    "leading 2, 64": ("per_sample", 64, 2),
+    "leading 1, 64": ("per_sample", 64, 1),
+    "sampled, 64": ("sampled", 64, None),
+    "sampled, all": ("sampled", None, None),
+    "leading 2, all": ("per_sample", None, 2),
+    "exact, all": ("per_sample", None, None),
 }
 
 
@@ -286,11 +296,11 @@ def fisher_estimators(args, preset, bundle, device) -> None:
                                    config=default_config("retrain", "digits"))  # fmt: skip
             reference = evaluate(retrained.model, retain, forget, test, device)
             cells = []
-            for label, (estimator, samples) in ESTIMATOR_CASES.items():
+            for label, (estimator, samples, leading) in ESTIMATOR_CASES.items():
                 gaps = []
                 for seed in range(args.repeats):
                     config = method_config(params, "ff", scenario=scenario, sparsity=sparsity, estimator=estimator,
-                                           num_samples=samples, seed=seed)  # fmt: skip
+                                           num_samples=samples, leading_directions=leading, seed=seed)  # fmt: skip
                     result = run_method("ff", model, retain, forget, device, masks=masks, config=config)
                     gaps.append(gap_to_retrain(evaluate(result.model, retain, forget, test, device), reference))
                     seconds[label].append(result.seconds)

@@ -1,5 +1,6 @@
 """IU and FF: the curvature maths against slow dense references, masks, seeding, forgetting."""
 
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -92,6 +93,17 @@ class _Pair(nn.Module):
         return self.linear(inputs), inputs
 
 
+class _WeightedPair(nn.Module):
+    """Holds its own weight and returns a tuple."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(outputs, inputs))
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return inputs @ self.weight.T, inputs
+
+
 def _with_statistics(model: nn.Module) -> nn.Module:
     """Eval mode, with BatchNorm running statistics and affine parameters away from 0 and 1."""
     generator = torch.Generator().manual_seed(7)
@@ -154,14 +166,39 @@ def test_layerwise_per_sample_gradients_match_a_loop(name):
     torch.testing.assert_close(out, _loop_gradients(model, data), rtol=1e-4, atol=1e-6)
 
 
+# Wide convs keep every vector's output gradients and form their products once (`_grouped_calls`):
+# as the defaults set it (the tiny models' convs are too narrow to group), every plain conv grouped,
+# and a budget that holds the first conv's buffer (7 samples x 2 vectors x 4 channels x 16 positions)
+# and no more.
+GROUPINGS = {
+    "defaults": {},
+    "every conv": {"_GROUP_MIN_PATCH": 1},
+    "budget": {"_GROUP_MIN_PATCH": 1, "_GROUP_FLOATS": 7 * 2 * 4 * 16},
+}
+
+
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
 @pytest.mark.parametrize("name", list(_models()))
-def test_layerwise_fisher_matches_the_loop_formula(name):
+def test_layerwise_fisher_matches_the_loop_formula(monkeypatch, name, grouping):
+    for constant, value in GROUPINGS[grouping].items():
+        monkeypatch.setattr(curvature, constant, value)
     model, data = _models()[name], _tiny_set(7, seed=12)
     fast = fisher_sum(model, data.inputs)
     slow = _per_sample_fisher(model, data)
     for (key, got), want in zip(fast.items(), slow, strict=True):
         torch.testing.assert_close(got / len(data), want, rtol=1e-4, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
     assert all(value.abs().sum() > 0 for value in fast.values())  # every tensor got a gradient
+
+
+@pytest.mark.parametrize(("grouping", "grouped"), [("defaults", []), ("every conv", [0, 3]), ("budget", [0])])
+def test_grouped_convs_are_the_wide_ones_within_the_budget(monkeypatch, grouping, grouped):
+    for constant, value in GROUPINGS[grouping].items():
+        monkeypatch.setattr(curvature, constant, value)
+    model, data = _models()["conv-bn-linear"], _tiny_set(7, seed=12)
+    _, calls = curvature._forward_recorded(model, data.inputs)
+    buffers = curvature._grouped_calls(calls, Counter(call.module for call in calls), 2)
+    assert [calls[index].prefix for index in buffers] == [str(index) for index in grouped]
+    assert all(buffer.shape[:2] == (7, 2) for buffer in buffers.values())
 
 
 @pytest.mark.parametrize("classes", [2, 10])
@@ -202,6 +239,49 @@ def test_sampled_fisher_is_an_unbiased_seeded_estimate(name):
         torch.testing.assert_close(first[key].sum() / 2000, value.sum(), rtol=0.1, atol=0)
     assert all(torch.equal(first[key], value) for key, value in sampled(0).items())
     assert not all(torch.equal(first[key], value) for key, value in sampled(1).items())
+
+
+def test_leading_directions_and_one_draw_give_the_factor_in_expectation():
+    """FF's leading_directions: the largest directions as they are, one of the rest drawn and scaled
+    so that the outer products add up to diag(p) - p p^T in expectation; none left: a zero vector."""
+    probs = torch.softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(5)) * 3, dim=1)
+    probs[3] = torch.nn.functional.one_hot(torch.tensor(2), 10).float()  # no weight left to draw
+    factor = curvature._logit_fisher_factor(probs)
+    assert torch.equal(curvature._leading_and_drawn(factor, 9, torch.Generator()), factor)
+    draws = 20_000
+    repeated = factor.repeat(1, draws, 1)
+    vectors = curvature._leading_and_drawn(repeated, 2, torch.Generator().manual_seed(0))
+    assert vectors.shape == (3, 4 * draws, 10) and torch.equal(vectors[:2], repeated[-2:])
+    assert torch.isfinite(vectors).all() and not vectors[2, 3::4].any()
+    mean = torch.einsum("jbc,jbd->bcd", vectors.double(), vectors.double()).view(draws, 4, 10, 10).mean(0)
+    target = torch.einsum("jbc,jbd->bcd", factor.double(), factor.double())
+    torch.testing.assert_close(mean, target, rtol=0, atol=0.02 * target.abs().max().item())
+    again = curvature._leading_and_drawn(repeated, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(again, vectors)
+
+
+@pytest.mark.parametrize("leading", [0, 1, 2])
+def test_fisher_from_leading_directions_is_an_unbiased_seeded_estimate(leading):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 6)).eval()
+    data = _tiny_set(3, seed=15)
+    exact = fisher_sum(model, data.inputs)
+    copies = data.inputs.repeat(2000, 1, 1, 1)  # 2,000 draws per sample
+    estimate = fisher_sum(model, copies, torch.Generator().manual_seed(0), leading)
+    for key, value in exact.items():  # the mean of the draws is the exact sum (within ~3 standard errors)
+        torch.testing.assert_close(estimate[key].sum() / 2000, value.sum(), rtol=0.05, atol=0)
+    assert all(
+        torch.equal(estimate[key], value)
+        for key, value in fisher_sum(model, copies, torch.Generator().manual_seed(0), leading).items()
+    )
+    # a module holding weights that returns a tuple: the hooks cannot follow it, and torch.func's
+    # sum over every class is exact
+    model = nn.Sequential(nn.Flatten(), _WeightedPair(16, 6), _First()).eval()
+    with pytest.raises(curvature._Unsupported):
+        curvature._forward_recorded(model, data.inputs)
+    exact = fisher_sum(model, data.inputs)
+    for key, value in fisher_sum(model, data.inputs, torch.Generator(), leading).items():
+        torch.testing.assert_close(value, exact[key])
 
 
 @pytest.mark.parametrize("damping, solver", [(1.0, "conjugate gradients"), (1e-6, "direct")])
@@ -376,6 +456,8 @@ def test_bad_settings_are_refused():
         default_config("iu", damping=0.0)
     with pytest.raises(ConfigError, match="estimator"):
         default_config("ff", estimator="diagonal")
+    with pytest.raises(ConfigError, match="leading_directions"):
+        default_config("ff", leading_directions=-1)
 
 
 @pytest.mark.slow
