@@ -217,6 +217,22 @@ def test_logit_fisher_factor_is_exact_with_one_vector_fewer_than_classes(classes
     torch.testing.assert_close(summed, torch.diag_embed(p) - p[:, :, None] * p[:, None, :], rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(3, 4, 3, stride=2),
+        nn.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
+        nn.Conv2d(3, 4, 1),
+    ],
+)
+def test_conv_patches_are_f_unfolds(conv):
+    inputs = torch.randn(5, 3, 9, 7, generator=torch.Generator().manual_seed(16))
+    call = curvature._Call(conv, "", (inputs,), conv(inputs))
+    want = F.unfold(inputs, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    assert torch.equal(curvature._unfolded(call), want)
+
+
 def test_layerwise_fisher_chunks_match_one_pass(monkeypatch):
     model, data = _models()["conv-bn-linear"], _tiny_set(9, seed=13)
     whole = fisher_sum(model, data.inputs)

@@ -28,20 +28,21 @@ Differences from the official code, on purpose:
   per-sample gradients summed as they are formed. The exact sum over the classes takes C - 1
   passes (the softmax's Fisher in logit space has rank C - 1) and as many per-sample weight
   products as the official per-class batch gradients, so it cannot be much faster than the
-  official loop: on all of digits' Dr, one thread, it took 0.56x its time on a small CNN and 0.89x
-  on digits' ResNet (`benchmarks/unlearn_cost.py --equal-samples`, `leading_directions: null`).
+  official loop: on all of digits' Dr, one thread, it took 0.66x its time on a small CNN and
+  0.85-0.87x on digits' ResNet (`benchmarks/unlearn_cost.py --equal-samples`,
+  `leading_directions: null`).
   By default (`leading_directions` 2) each sample's two leading directions of that logit-space
   Fisher enter exactly and the other C - 3 through one of them, drawn with probability in
   proportion to its eigenvalue and scaled to their sum: 3 passes instead of 9 on 10 classes, an
   unbiased estimate of the same Fisher whose randomness lies where the weight is least. There
-  it took 0.28x and 0.39x the official loop's time; the noise variance FF draws from it was within
+  it took 0.29-0.34x and 0.33-0.35x the official loop's time; the noise variance FF draws from it was within
   0.1-0.8% of the exact sum's (median over entries below the cap), and FF's gap to Retrain,
   averaged over 5 seeds, was the exact sum's to 0.02 points in every scenario, dense and 95%
   sparse, class-wise and random, at 64 samples and on all of Dr (`--fisher-estimators`; the
   largest difference, random forgetting at 95% sparsity and 64 samples: 2.17 against 2.19).
   `estimator="sampled"` draws one label per sample from the model (seeded) and squares that
   one gradient: an unbiased estimate of per_sample from one backward pass instead of C
-  (0.13x and 0.21x the official loop's time). It is not the default: the noise scales with 1/F,
+  (0.14-0.19x and 0.17-0.21x the official loop's time). It is not the default: the noise scales with 1/F,
   and 1/F of a noisy unbiased F is biased upwards. On digits' 95% sparse model with random
   forgetting it left FF 37.9 points from Retrain at 64 samples and 7.9 on all of Dr (averages
   over 5 seeds), against 2.2 and 1.9 for the exact sum.
