@@ -178,7 +178,9 @@ def fisher_diagonal(
 ) -> Parameters:
     """Diagonal Fisher of the model's predictive distribution on `data` ({name: tensor}).
 
-    per_sample: mean_i sum_y p(y|x_i) g_iy^2 with g_iy = d log p(y|x_i) / d theta.
+    per_sample: mean_i sum_y p(y|x_i) g_iy^2 with g_iy = d log p(y|x_i) / d theta; exact with
+    `leading` None, else each sample's `leading` largest directions exactly and the rest by one
+    draw seeded by `seed` (unbiased: `curvature.fisher_sum`).
     sampled: mean_i g_iy_i^2 with y_i drawn from p(.|x_i) (seeded by `seed`), an unbiased
     estimate of per_sample.
     batch_mean: mean_batches sum_y mean_i p(y|x_i) (mean_i g_iy)^2, the official code's.
