@@ -333,11 +333,7 @@ def fisher_estimators(args, preset, bundle, device) -> None:
 def noise_variances(model, retain, config: ff.Config, masks, device) -> dict[str, torch.Tensor]:
     """The variance FF's noise would have per tensor at alpha 1 (capped, averaged over dim 1)."""
     model = working_copy(model).to(device).eval()
-    samples = ff._fisher_samples(retain, config).to(device)
-    fisher = ff.fisher_diagonal(
-        model, samples, config.batch_size, config.estimator, config.per_sample_batch_size, config.seed,
-        config.leading_directions,
-    )  # fmt: skip
+    fisher = ff.config_fisher(model, retain, config, device)
     head, masks = ff.head_names(model), masks_to(masks, device) or {}
     return {name: ff.noise_variance(value, 1.0, name in head, masks.get(name)) for name, value in fisher.items()}
 

@@ -153,20 +153,25 @@ def run(
     model = prepare_model(working_copy(model), device).eval()
     masks = masks_to(masks, device)
     with Stopwatch(device) as clock:
-        fisher_set = _fisher_samples(retain_set, config).to(device)
-        fisher = fisher_diagonal(
-            model,
-            fisher_set,
-            config.batch_size,
-            config.estimator,
-            config.per_sample_batch_size,
-            config.seed,
-            config.leading_directions,
-        )
+        fisher = config_fisher(model, retain_set, config, device)
         classes = reset_classes(retain_set, forget_set, config) if config.classwise_head_reset else ()
         add_noise(model, fisher, config, masks, classes)
         apply_masks(model, masks)
     return Unlearned(model, clock.seconds)
+
+
+def config_fisher(model: nn.Module, retain_set: TensorSet, config: Config, device: torch.device) -> Parameters:
+    """The Fisher diagonal `config` asks for (estimator, samples of Dr, batches, seed), on `device`."""
+    fisher_set = _fisher_samples(retain_set, config).to(device)
+    return fisher_diagonal(
+        model,
+        fisher_set,
+        config.batch_size,
+        config.estimator,
+        config.per_sample_batch_size,
+        config.seed,
+        config.leading_directions,
+    )
 
 
 def fisher_diagonal(
